@@ -1,0 +1,97 @@
+"""Keras building blocks that reproduce PyTorch's layers bit-for-bit in shape and initialisation.
+
+The authors' code (SJLeo/FFSD) is PyTorch. Four porting traps change results silently and are
+handled here once, so that every network file stays a plain description of its architecture:
+
+* Initialisation: convolutions ``N(0, sqrt(2 / (k*k*out_channels)))`` untruncated (He-normal,
+  fan-out); depthwise convolutions use ``out_channels = C`` (Keras' own fan-out for a depthwise
+  kernel is ``k*k*depth_multiplier``, sqrt(C) too large); ``nn.Linear``, conv biases and
+  ``ConvTranspose2d`` keep PyTorch's default ``U(+-1/sqrt(fan_in))``.
+* BatchNorm: PyTorch momentum 0.1 / eps 1e-5 is Keras momentum 0.9 / epsilon 1e-5.
+* Stride-2 3x3 convs: PyTorch pads 1 on every side; Keras 'same' pads 0 before / 1 after on even
+  inputs, shifting the grid by a pixel. We pad explicitly and convolve 'valid'.
+* Transposed conv ``ConvTranspose2d(k3, s2, p1, output_padding=1)`` is the full output cropped
+  ``[1:2H+1]``; Keras' 'same' takes ``[0:2H]``. We use 'valid' and crop the first row/column.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
+BN_EPSILON = 1e-5
+
+
+def conv_init(kernel_size: int, out_channels: int) -> keras.initializers.Initializer:
+    """The authors' conv init: N(0, sqrt(2 / (k*k*out_channels))), untruncated."""
+    return keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / (kernel_size * kernel_size * out_channels)))
+
+
+def torch_uniform_init(fan_in: int) -> keras.initializers.Initializer:
+    """PyTorch's default for Linear/conv bias/ConvTranspose: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+def batch_norm(name: str, momentum: float = BN_MOMENTUM) -> layers.BatchNormalization:
+    return layers.BatchNormalization(momentum=momentum, epsilon=BN_EPSILON, name=name)
+
+
+def conv(x, filters: int, kernel_size: int, *, stride: int = 1, use_bias: bool = False, name: str):
+    """``nn.Conv2d(in, filters, k, stride, padding=k//2)`` with the authors' initialisation."""
+    in_channels = x.shape[-1]
+    pad = kernel_size // 2
+    if stride > 1 and pad > 0:
+        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=stride,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_initializer=conv_init(kernel_size, filters),
+        bias_initializer=torch_uniform_init(in_channels * kernel_size * kernel_size),
+        name=name,
+    )(x)
+
+
+def depthwise_conv(x, kernel_size: int = 3, *, name: str):
+    """``nn.Conv2d(C, C, k, padding=k//2, groups=C, bias=False)``, std sqrt(2/(k*k*C))."""
+    channels = x.shape[-1]
+    return layers.DepthwiseConv2D(
+        kernel_size,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer=conv_init(kernel_size, channels),
+        name=name,
+    )(x)
+
+
+def dense(x, units: int, *, name: str):
+    """``nn.Linear(in, units)`` with PyTorch's default initialisation."""
+    init = torch_uniform_init(x.shape[-1])
+    return layers.Dense(units, kernel_initializer=init, bias_initializer=init, name=name)(x)
+
+
+def conv_transpose_x2(x, filters: int, *, name: str):
+    """``nn.ConvTranspose2d(in, filters, 3, stride=2, padding=1, output_padding=1, bias=False)``.
+
+    H x W -> 2H x 2W. PyTorch's default init uses fan_in = filters * 9 (its weight layout is
+    (in, out, k, k)).
+    """
+    y = layers.Conv2DTranspose(
+        filters,
+        3,
+        strides=2,
+        padding="valid",
+        use_bias=False,
+        kernel_initializer=torch_uniform_init(filters * 9),
+        name=name,
+    )(x)
+    return layers.Cropping2D(((1, 0), (1, 0)), name=f"{name}_crop")(y)
