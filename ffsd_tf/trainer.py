@@ -1,0 +1,402 @@
+"""The FFSD trainer: one ``keras.Model`` holding the whole cohort (paper Alg. 1).
+
+``FFSD`` holds ``common_students`` (S_1..S_n), the ``leader`` (S_0) with its training-only
+``trans_fusion`` head (sigma of Eq. 5), the ``fusion`` module (Eq. 4) and the self-distillation
+``sd_decoders`` (Eq. 10). ``train_step`` runs **one** forward pass of every network and **one**
+backward pass: every cross-model signal is stop-gradiented exactly where the authors' code has
+``.detach()``, so the gradient of the summed losses with respect to one sub-model's variables is
+that sub-model's own gradient (tested). Each role's optimizer then applies its own slice:
+
+=========  ===========================================  ======================================
+role        variables                                     authors' optimizer
+=========  ===========================================  ======================================
+students    every common student                          SGD nesterov 0.1, coupled L2 1e-4
+leader      leader backbone + trans_fusion (sigma)        SGD nesterov 0.1, coupled L2 1e-4
+fusion      fusion module + fusion classifier             SGD nesterov 0.1, coupled L2 1e-5
+decoders    every SD decoder                              Adam 1e-3, coupled L2 1e-4
+=========  ===========================================  ======================================
+
+(One optimizer per role equals one per network: slots are per variable and every network steps
+every iteration.)
+
+Losses per network, as coded by the authors (see ``docs/paper_vs_code.md``):
+
+* student i:   CE + w_kl * T^2 * mean_{j!=i} KL(p_j || p_i)                        (Eq. 2)
+               + w_div * [Eq. 9 last-layer diversity vs student i-1                (Eq. 11)
+                          + shallow terms vs the student decoder's output]
+* fusion:      CE(z_f) + w_fusion_kl * T^2 KL(p_e || p_f)                          (Eq. 4)
+* leader:      CE + w_leader_kl * T^2 KL(p_f || p_0)
+               + w_fusion * [A-loss(F_0^L, F_f) + A-loss(sigma(F_0^L), F_e)        (Eq. 5)
+                             + shallow terms vs the leader decoder's output of F_f] (Eq. 13)
+* decoder:     w_sd * Eq. (10) on its own network's maps
+
+The ``w_*`` are loss-weight schedules of the epoch (the paper's warm-up is one), held in
+non-trainable variables that ``set_epoch`` updates (the ``LossWeightScheduler`` callback calls it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import keras
+import tensorflow as tf
+
+from ffsd_tf import losses
+from ffsd_tf.attention import diversity_feature_target
+from ffsd_tf.fusion import build_fusion_module, build_trans_fusion
+from ffsd_tf.networks import build_network
+from ffsd_tf.self_distillation import build_sd_decoder
+
+DIVERSITY_MODES = ("attention", "l2", "none")
+SD_MODES = ("both", "students", "leader", "none")
+ROLES = ("students", "leader", "fusion", "decoders")
+LOSS_WEIGHTS = ("kl", "fusion_kl", "leader_kl", "diversity", "fusion", "self_distillation")
+
+
+@dataclasses.dataclass(frozen=True)
+class FFSDConfig:
+    """What the cohort is made of. The ablations of the paper are switches here, not copies.
+
+    * ``leader=False``: no leader, fusion or leader decoder (plain DML; with
+      ``mutual_learning=False`` too, n independent CE-only baselines).
+    * ``fusion=False``: the leader learns CE + T^2 KL from the students' mean logits z_e (the
+      paper's "DML + leader", Table V), without Eq. 5 or Eq. 13.
+    * ``diversity``: "attention" (Eqs. 8-9, 11), "l2" (Eq. 6 over the M maps), "none" (DML).
+    * ``self_distillation``: which decoders exist: "both", "students", "leader" or "none"
+      (Table VI). Student decoders need attention diversity and n >= 2; the leader's needs fusion.
+    """
+
+    model: str = "resnet32"
+    num_classes: int = 100
+    input_shape: tuple = (32, 32, 3)
+    num_students: int = 2
+    temperature: float = 2.0
+    mutual_learning: bool = True
+    leader: bool = True
+    fusion: bool = True
+    diversity: str = "attention"
+    self_distillation: str = "both"
+
+    def __post_init__(self):
+        if self.num_students < 1:
+            raise ValueError(f"num_students must be >= 1, got {self.num_students}")
+        if self.diversity not in DIVERSITY_MODES:
+            raise ValueError(f"diversity must be one of {DIVERSITY_MODES}, got {self.diversity!r}")
+        if self.self_distillation not in SD_MODES:
+            raise ValueError(f"self_distillation must be one of {SD_MODES}, got {self.self_distillation!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.fusion and not self.leader:
+            object.__setattr__(self, "fusion", False)
+
+    @property
+    def student_decoders(self) -> bool:
+        return (
+            self.diversity == "attention"
+            and self.self_distillation in ("both", "students")
+            and self.num_students >= 2
+        )
+
+    @property
+    def leader_decoder(self) -> bool:
+        return self.leader and self.fusion and self.self_distillation in ("both", "leader")
+
+
+def student_name(i: int) -> str:
+    """Paper numbering: common students are S_1..S_n."""
+    return f"student{i + 1}"
+
+
+class FFSD(keras.Model):
+    """Online distillation of a cohort into a leader by Feature Fusion and Self-Distillation."""
+
+    def __init__(self, config: FFSDConfig, loss_weights: Mapping[str, Callable[[int], float]] | None = None, **kwargs):
+        super().__init__(name=kwargs.pop("name", "ffsd"), **kwargs)
+        self.config = config
+        build = lambda name: build_network(  # noqa: E731
+            config.model, num_classes=config.num_classes, input_shape=config.input_shape, model_name=name
+        )
+        self.common_students = [build(student_name(i)) for i in range(config.num_students)]
+        feature_shapes = [tuple(f.shape[1:]) for f in self.common_students[0].output["features"]]
+        self.feature_shapes = feature_shapes
+        self.leader = build("leader") if config.leader else None
+        self.trans_fusion = None
+        self.fusion = None
+        if config.fusion:
+            self.fusion = build_fusion_module(feature_shapes[-1], config.num_students, config.num_classes)
+            self.trans_fusion = build_trans_fusion(feature_shapes[-1], config.num_students)
+        self.sd_decoders = {}
+        if config.student_decoders:
+            for i in range(1, config.num_students):
+                self.sd_decoders[student_name(i)] = build_sd_decoder(feature_shapes, name=f"sd_{student_name(i)}")
+        if config.leader_decoder:
+            self.sd_decoders["leader"] = build_sd_decoder(feature_shapes, name="sd_leader")
+
+        self._loss_weight_schedules = dict(loss_weights or {})
+        unknown = set(self._loss_weight_schedules) - set(LOSS_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}")
+        self.loss_weight_vars = {
+            key: self.add_weight(name=f"w_{key}", shape=(), initializer="ones", trainable=False)
+            for key in LOSS_WEIGHTS
+        }
+        self.epoch = self.add_weight(name="epoch", shape=(), initializer="zeros", dtype="int64", trainable=False)
+        self._train_trackers, self._eval_trackers = self._make_trackers()
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def role_models(self) -> dict[str, list[keras.Model]]:
+        """The networks each optimizer owns (roles that are absent map to [])."""
+        return {
+            "students": list(self.common_students),
+            "leader": [m for m in (self.leader, self.trans_fusion) if m is not None],
+            "fusion": [self.fusion] if self.fusion is not None else [],
+            "decoders": list(self.sd_decoders.values()),
+        }
+
+    def role_variables(self, role: str) -> list:
+        return [v for m in self.role_models[role] for v in m.trainable_variables]
+
+    @property
+    def active_roles(self) -> list[str]:
+        return [r for r in ROLES if self.role_models[r]]
+
+    def deployable_leader(self) -> keras.Model:
+        """The model to ship: the leader backbone mapping images to logits (no sigma, no decoder).
+
+        With ``leader=False`` (DML / baseline runs) the first common student is returned.
+        """
+        net = self.leader if self.leader is not None else self.common_students[0]
+        return keras.Model(net.input, net.output["logits"], name="leader" if self.leader is not None else net.name)
+
+    def call(self, images, training=False):
+        """Inference: the deployed model's logits."""
+        net = self.leader if self.leader is not None else self.common_students[0]
+        return net(images, training=training)["logits"]
+
+    # ------------------------------------------------------------------ weights
+    def set_epoch(self, epoch: int) -> dict[str, float]:
+        """Sets every scheduled loss weight for the 1-based ``epoch``; returns their values."""
+        values = {}
+        for key, var in self.loss_weight_vars.items():
+            schedule = self._loss_weight_schedules.get(key)
+            values[key] = float(schedule(epoch)) if schedule is not None else 1.0
+            var.assign(values[key])
+        self.epoch.assign(epoch)
+        return values
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, optimizers: Mapping[str, keras.optimizers.Optimizer], **kwargs):
+        """``optimizers``: one optimizer per active role (see the module docstring)."""
+        missing = [r for r in self.active_roles if r not in optimizers]
+        extra = [r for r in optimizers if r not in self.active_roles]
+        if missing or extra:
+            raise ValueError(f"optimizers needed for roles {self.active_roles}; missing {missing}, unused {extra}")
+        super().compile(optimizer=optimizers["students"], **kwargs)
+        self.leader_optimizer = optimizers.get("leader")
+        self.fusion_optimizer = optimizers.get("fusion")
+        self.decoder_optimizer = optimizers.get("decoders")
+        self.build_optimizers()
+
+    @property
+    def optimizers(self) -> dict[str, keras.optimizers.Optimizer]:
+        found = {
+            "students": self.optimizer,
+            "leader": self.leader_optimizer,
+            "fusion": self.fusion_optimizer,
+            "decoders": self.decoder_optimizer,
+        }
+        return {r: o for r, o in found.items() if o is not None}
+
+    def build_optimizers(self):
+        """Creates every optimizer's slots now, so a checkpoint restore finds them."""
+        for role, opt in self.optimizers.items():
+            if not opt.built:
+                opt.build(self.role_variables(role))
+
+    # ------------------------------------------------------------------ metrics
+    def _make_trackers(self):
+        c = self.config
+        train, evaluation = [], []
+        for i in range(c.num_students):
+            s = student_name(i)
+            train += [f"{s}/loss", f"{s}/acc", f"{s}/ce"]
+            if c.mutual_learning and c.num_students > 1:
+                train.append(f"{s}/kl")
+            if (i >= 1 and c.diversity == "attention") or (c.diversity == "l2" and c.num_students > 1):
+                train.append(f"{s}/diversity")
+            if i >= 1 and c.student_decoders:
+                train.append(f"{s}/sd_diversity")
+            evaluation += [f"{s}/acc", f"{s}/loss"]
+        if c.fusion:
+            train += ["fusion/loss", "fusion/acc", "fusion/ce", "fusion/kl"]
+            evaluation += ["fusion/acc", "fusion/loss"]
+        if c.leader:
+            train += ["leader/loss", "leader/acc", "leader/ce", "leader/kl"]
+            if c.fusion:
+                train += ["leader/fusion_feature", "leader/fusion_sigma"]
+            if c.leader_decoder:
+                train.append("leader/sd")
+            evaluation += ["leader/acc", "leader/loss"]
+        for owner in self.sd_decoders:
+            train.append(f"sd_{owner}/loss")
+        if c.num_students > 1:
+            evaluation += ["students_mean/acc", "ensemble/acc", "ens_any/acc"]
+        train.append("loss")
+        evaluation.append("loss")
+        return {n: keras.metrics.Mean(name=n) for n in train}, {n: keras.metrics.Mean(name=n) for n in evaluation}
+
+    @property
+    def metrics(self):
+        return list(self._train_trackers.values()) + list(self._eval_trackers.values())
+
+    # ------------------------------------------------------------------ training
+    def compute_losses(self, images, labels, training: bool = True):
+        """One forward pass of the cohort; returns ``(per_role_loss, terms, logits)``.
+
+        ``per_role_loss[role]`` is the sum of the losses whose gradient belongs to that role;
+        ``terms`` maps metric names (``student2/diversity``...) to unweighted values.
+        """
+        c = self.config
+        w = {k: tf.cast(v, tf.float32) for k, v in self.loss_weight_vars.items()}
+        t = c.temperature
+        terms: dict[str, tf.Tensor] = {}
+        role_loss = {r: [] for r in ROLES}
+        logits: dict[str, tf.Tensor] = {}
+
+        outs = [s(images, training=training) for s in self.common_students]
+        z = [o["logits"] for o in outs]
+        feats = [o["features"] for o in outs]
+
+        # Common students (Eqs. 2, 9, 11, 12).
+        for i in range(c.num_students):
+            s = student_name(i)
+            logits[s] = z[i]
+            ce = losses.cross_entropy(z[i], labels)
+            terms[f"{s}/ce"] = ce
+            total = ce
+            if c.mutual_learning and c.num_students > 1:
+                kl = tf.add_n([losses.distillation_kl(z[i], z[j], t) for j in range(c.num_students) if j != i])
+                kl = kl / float(c.num_students - 1)
+                terms[f"{s}/kl"] = kl
+                total += w["kl"] * kl
+            if i >= 1 and c.diversity == "attention":
+                div = losses.diversity_loss(feats[i][-1], feats[i - 1][-1])
+                terms[f"{s}/diversity"] = div
+                total += w["diversity"] * div
+                if c.student_decoders:
+                    target_input = tf.stop_gradient(diversity_feature_target(feats[i - 1][-1]))
+                    decoded = self.sd_decoders[s](target_input, training=False)
+                    sd_div = losses.sd_target_loss(feats[i][:-1], decoded)
+                    terms[f"{s}/sd_diversity"] = sd_div
+                    total += w["diversity"] * sd_div
+            elif c.diversity == "l2" and c.num_students > 1:
+                # Eq. (6) sums over ordered pairs: every student pushes away from every peer.
+                div = tf.add_n(
+                    [losses.l2_diversity_loss(feats[i], feats[j]) for j in range(c.num_students) if j != i]
+                )
+                terms[f"{s}/diversity"] = div
+                total += w["diversity"] * div
+            terms[f"{s}/loss"] = total
+            role_loss["students"].append(total)
+
+        z_ensemble = tf.stop_gradient(tf.add_n([tf.cast(v, tf.float32) for v in z]) / float(c.num_students))
+
+        # Fusion module and classifier (Eq. 4).
+        if c.fusion:
+            f_e = tf.stop_gradient(tf.concat([f[-1] for f in feats], axis=-1))
+            fo = self.fusion(f_e, training=training)
+            z_f, f_fused = fo["logits"], fo["fused"]
+            logits["fusion"] = z_f
+            ce = losses.cross_entropy(z_f, labels)
+            kl = losses.distillation_kl(z_f, z_ensemble, t)
+            terms.update({"fusion/ce": ce, "fusion/kl": kl})
+            terms["fusion/loss"] = ce + w["fusion_kl"] * kl
+            role_loss["fusion"].append(terms["fusion/loss"])
+
+        # Leader (Eqs. 5, 13, 14).
+        if c.leader:
+            lo = self.leader(images, training=training)
+            z_0, f_0 = lo["logits"], lo["features"]
+            logits["leader"] = z_0
+            ce = losses.cross_entropy(z_0, labels)
+            kl = losses.distillation_kl(z_0, z_f if c.fusion else z_ensemble, t)
+            terms.update({"leader/ce": ce, "leader/kl": kl})
+            total = ce + w["leader_kl"] * kl
+            if c.fusion:
+                feature = losses.attention_loss(f_0[-1], tf.stop_gradient(f_fused))
+                sigma = self.trans_fusion(f_0[-1], training=training)
+                sigma_term = losses.attention_loss(sigma, f_e)
+                terms.update({"leader/fusion_feature": feature, "leader/fusion_sigma": sigma_term})
+                total += w["fusion"] * (feature + sigma_term)
+                if c.leader_decoder:
+                    decoded = self.sd_decoders["leader"](tf.stop_gradient(f_fused), training=False)
+                    sd = losses.sd_target_loss(f_0[:-1], decoded)
+                    terms["leader/sd"] = sd
+                    total += w["fusion"] * sd
+            terms["leader/loss"] = total
+            role_loss["leader"].append(total)
+
+        # Decoders' own training (Eq. 10), after they were applied in inference mode above.
+        for owner, decoder in self.sd_decoders.items():
+            own = f_0 if owner == "leader" else feats[int(owner[len("student"):]) - 1]
+            decoded = decoder(tf.stop_gradient(own[-1]), training=training)
+            sd = losses.decoder_loss(decoded, [tf.stop_gradient(f) for f in own[:-1]])
+            terms[f"sd_{owner}/loss"] = w["self_distillation"] * sd
+            role_loss["decoders"].append(w["self_distillation"] * sd)
+
+        per_role = {r: tf.add_n(v) for r, v in role_loss.items() if v}
+        return per_role, terms, logits
+
+    def train_step(self, data):
+        images, labels = data[0], data[1]
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        roles = self.active_roles
+        variables = {r: self.role_variables(r) for r in roles}
+        with tf.GradientTape() as tape:
+            per_role, terms, logits = self.compute_losses(images, labels, training=True)
+            total = tf.add_n([per_role[r] for r in roles])
+            # Hand-written means are per replica: scale so that the cross-replica sum is the mean.
+            scaled = total / float(replicas)
+        flat_vars = [v for r in roles for v in variables[r]]
+        grads = tape.gradient(scaled, flat_vars)
+        offset = 0
+        for r in roles:
+            n = len(variables[r])
+            self.optimizers[r].apply_gradients(zip(grads[offset : offset + n], variables[r]))
+            offset += n
+        terms["loss"] = total
+        return self._update_trackers(self._train_trackers, terms, logits, labels)
+
+    def test_step(self, data):
+        images, labels = data[0], data[1]
+        outs = {}
+        for i, s in enumerate(self.common_students):
+            outs[student_name(i)] = s(images, training=False)
+        logits = {k: v["logits"] for k, v in outs.items()}
+        if self.config.fusion:
+            f_e = tf.concat([o["features"][-1] for o in outs.values()], axis=-1)
+            logits["fusion"] = self.fusion(f_e, training=False)["logits"]
+        if self.leader is not None:
+            logits["leader"] = self.leader(images, training=False)["logits"]
+        terms = {f"{k}/loss": losses.cross_entropy(v, labels) for k, v in logits.items()}
+        terms["loss"] = tf.add_n(list(terms.values()))
+        return self._update_trackers(self._eval_trackers, terms, logits, labels)
+
+    def _update_trackers(self, trackers, terms, logits, labels):
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
+        correct = {k: tf.cast(tf.equal(tf.argmax(v, axis=-1), labels), tf.float32) for k, v in logits.items()}
+        for k, c in correct.items():
+            trackers[f"{k}/acc"].update_state(c)
+        student_keys = [student_name(i) for i in range(self.config.num_students)]
+        if "students_mean/acc" in trackers:
+            trackers["students_mean/acc"].update_state(tf.add_n([correct[k] for k in student_keys]) / len(student_keys))
+            probs = tf.add_n([tf.nn.softmax(tf.cast(logits[k], tf.float32)) for k in student_keys])
+            trackers["ensemble/acc"].update_state(tf.cast(tf.equal(tf.argmax(probs, -1), labels), tf.float32))
+            trackers["ens_any/acc"].update_state(tf.reduce_max(tf.stack([correct[k] for k in student_keys]), axis=0))
+        for k, v in terms.items():
+            if k in trackers:
+                trackers[k].update_state(v)
+        return {k: m.result() for k, m in trackers.items()}
+
