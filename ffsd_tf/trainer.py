@@ -357,8 +357,10 @@ class FFSD(keras.Model):
         with tf.GradientTape() as tape:
             per_role, terms, logits = self.compute_losses(images, labels, training=True)
             total = tf.add_n([per_role[r] for r in roles])
-            # Hand-written means are per replica: scale so that the cross-replica sum is the mean.
-            scaled = total / float(replicas)
+            # Each role's loss reaches only its own variables, so each may carry its own optimizer's
+            # loss scale (mixed precision) inside one backward pass. Hand-written means are per
+            # replica: dividing by the replica count makes the cross-replica sum the global mean.
+            scaled = tf.add_n([self.optimizers[r].scale_loss(per_role[r]) for r in roles]) / float(replicas)
         flat_vars = [v for r in roles for v in variables[r]]
         grads = tape.gradient(scaled, flat_vars)
         offset = 0

@@ -1,0 +1,138 @@
+"""Keras callbacks of a training run: loss-weight schedules, checkpoints, TensorBoard, progress."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from ffsd_tf import rundir
+
+
+class LossWeightScheduler(keras.callbacks.Callback):
+    """Sets every scheduled loss weight (and the warm-up position) at the start of each epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.set_epoch(epoch + 1)  # Keras counts from 0, the paper's schedules from 1
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves a checkpoint after every epoch and keeps ``history.json`` in step with it.
+
+    The checkpoint holds every network, every optimizer (so the LR schedule, a function of the
+    optimizer's iteration count, comes back with it) and the epoch counter. The history is
+    rewritten atomically after the checkpoint, so it never lists an epoch that a resumed run
+    would redo.
+    """
+
+    def __init__(self, run_dir: str, checkpoint: tf.train.Checkpoint, keep: int, history: list, chief: bool = True):
+        super().__init__()
+        self.run_dir = run_dir
+        self.history = history
+        self.chief = chief
+        directory = os.path.join(run_dir, rundir.CHECKPOINTS)
+        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
+
+    def on_epoch_end(self, epoch, logs=None):
+        entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        if self.chief:
+            self.manager.save(checkpoint_number=epoch + 1)
+            self.history.append(entry)
+            rundir.write_json_atomic(os.path.join(self.run_dir, rundir.HISTORY), self.history)
+
+
+class PerModelTensorBoard(keras.callbacks.Callback):
+    """Scalars named per model (``leader/acc``, ``student1/kl``...) for train and validation.
+
+    Keras' own TensorBoard callback prefixes names (``epoch_leader/acc``) and splits
+    ``val_`` keys; this writes them as users search for them. Also logs every loss weight
+    (``weights/diversity``) and learning rate (``lr/students``).
+    """
+
+    def __init__(self, log_dir: str):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writers = {}
+
+    def _writer(self, name):
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = epoch + 1
+        logs = logs or {}
+        with self._writer("train").as_default():
+            for k, v in logs.items():
+                if not k.startswith("val_"):
+                    tf.summary.scalar(k, float(v), step=step)
+            for k, var in self.model.loss_weight_vars.items():
+                tf.summary.scalar(f"weights/{k}", float(var.numpy()), step=step)
+            for role, opt in self.model.optimizers.items():
+                lr = opt.learning_rate
+                tf.summary.scalar(f"lr/{role}", float(lr.numpy() if hasattr(lr, "numpy") else lr), step=step)
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        if val:
+            with self._writer("validation").as_default():
+                for k, v in val.items():
+                    tf.summary.scalar(k, float(v), step=step)
+        for w in self._writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self._writers.values():
+            w.close()
+
+
+class CompactProgress(keras.callbacks.Callback):
+    """A progress bar that shows only what a user scans for: losses and accuracies per model.
+
+    ``mode="bar"`` redraws one line per step (terminals); ``"line"`` prints one line per epoch
+    (logs, CI); ``"quiet"`` prints nothing.
+    """
+
+    SHOWN = ("loss", "/acc")
+
+    def __init__(self, epochs: int, steps: int, mode: str = "bar", stream=None):
+        super().__init__()
+        self.epochs, self.steps, self.mode = epochs, steps, mode
+        self.stream = stream or sys.stdout
+        self._start = 0.0
+
+    def _fmt(self, logs):
+        keys = [k for k in logs if k == "loss" or k.endswith("/acc")]
+        return " ".join(f"{k}={float(logs[k]):.4f}" for k in keys)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.mode != "bar":
+            return
+        done = batch + 1
+        width = 20
+        filled = int(width * done / self.steps)
+        bar = "=" * filled + "." * (width - filled)
+        rate = done / max(time.time() - self._start, 1e-9)
+        self.stream.write(
+            f"\rEpoch {self._epoch + 1}/{self.epochs} [{bar}] {done}/{self.steps} {rate:.1f} step/s "
+            f"{self._fmt({k: v for k, v in (logs or {}).items() if k in ('loss', 'leader/acc', 'student1/acc')})}"
+        )
+        self.stream.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.mode == "quiet":
+            return
+        logs = logs or {}
+        took = time.time() - self._start
+        train = self._fmt({k: v for k, v in logs.items() if not k.startswith("val_")})
+        val = self._fmt({k[4:]: v for k, v in logs.items() if k.startswith("val_")})
+        prefix = "\r" if self.mode == "bar" else ""
+        self.stream.write(f"{prefix}Epoch {epoch + 1}/{self.epochs} {took:.0f}s | train {train}\n")
+        if val:
+            self.stream.write(f"    test  {val}\n")
+        self.stream.flush()

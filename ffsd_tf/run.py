@@ -1,0 +1,263 @@
+"""Train an FFSD cohort: ``python -m ffsd_tf.run --flagfile=experiments/cifar_r32.flags``.
+
+A run loads the data (failing within seconds if it is missing), builds the cohort and one
+optimizer per role, resumes from ``<output_dir>/checkpoints`` when it can, trains with a
+checkpoint per epoch, and writes ``results.json`` and ``results.md`` (best and final test
+accuracy of every model). See ``rundir`` for the directory layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+from ffsd_tf import flags as ffsd_flags  # noqa: E402  (defines the flags)
+
+FLAGS = flags.FLAGS
+
+# Rows of the results table: (metric prefix, label).
+TABLE_ROWS = [("leader", "Leader"), ("fusion", "Fusion classifier"), ("students_mean", "Students' mean"),
+              ("ensemble", "Softmax ensemble"), ("ens_any", "Ens (any student right)")]
+
+
+class UsageError(ValueError):
+    pass
+
+
+def fail(message: str, code: int = 2):
+    """One line on stderr, a non-zero exit, no traceback."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def flags_parser(argv):
+    """absl's parser, but an unknown or malformed flag is one line and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e}; see --helpfull")
+
+
+def effective_flags_text() -> str:
+    """The flags of this run as a flagfile (every ffsd flag, defaults included)."""
+    module = sys.modules[ffsd_flags.__name__]
+    lines = [f"# Effective flags of this run; replay with --flagfile=<this file>."]
+    for flag in sorted(FLAGS.get_flags_for_module(module), key=lambda f: f.name):
+        if flag.value is None:
+            continue
+        lines.append(flag.serialize())
+    return "\n".join(lines) + "\n"
+
+
+def probe_writable(directory: str) -> None:
+    """Fails now, not after an epoch, if the output directory cannot be written."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, ".write-probe")
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--output_dir={directory} is not writable ({e.strerror}); choose another directory") from None
+
+
+def build_optimizers(steps_per_epoch: int, roles):
+    from ffsd_tf.optimizers import TorchAdam, TorchSGD
+    from ffsd_tf.schedules import MultiStepLR
+
+    ms = ffsd_flags.milestones()
+
+    def lr(base):
+        return MultiStepLR(base, ms, FLAGS.lr_gamma, steps_per_epoch=steps_per_epoch, warmup_epochs=FLAGS.lr_warmup_epochs)
+
+    def sgd(wd, name):
+        return TorchSGD(lr(FLAGS.lr), momentum=FLAGS.momentum, nesterov=FLAGS.nesterov, weight_decay=wd, name=name)
+
+    made = {
+        "students": lambda: sgd(FLAGS.weight_decay, "students_sgd"),
+        "leader": lambda: sgd(FLAGS.weight_decay, "leader_sgd"),
+        "fusion": lambda: sgd(FLAGS.fusion_weight_decay, "fusion_sgd"),
+        "decoders": lambda: TorchAdam(lr(FLAGS.decoder_lr), weight_decay=FLAGS.decoder_weight_decay, name="decoders_adam"),
+    }
+    return {r: made[r]() for r in roles}
+
+
+def summarize(history: list[dict], num_students: int) -> dict:
+    """Best (with its epoch) and final test accuracy of every model from the per-epoch history."""
+    evaluated = [h for h in history if any(k.startswith("val_") for k in h)]
+    results = {}
+    names = [f"student{i + 1}" for i in range(num_students)] + [k for k, _ in TABLE_ROWS]
+    for name in names:
+        key = f"val_{name}/acc"
+        series = [(h["epoch"], h[key]) for h in evaluated if key in h]
+        if not series:
+            continue
+        best_epoch, best = max(series, key=lambda p: (p[1], -p[0]))
+        results[name] = {"best": best, "best_epoch": best_epoch, "final": series[-1][1], "final_epoch": series[-1][0]}
+    return results
+
+
+def results_table(results: dict) -> str:
+    labels = dict(TABLE_ROWS)
+    lines = ["| model | best test acc (%) | epoch | final test acc (%) |", "|---|---:|---:|---:|"]
+    order = [k for k in results if k.startswith("student")] + [k for k, _ in TABLE_ROWS if k in results]
+    for k in order:
+        r = results[k]
+        label = labels.get(k, k.replace("student", "Common student "))
+        lines.append(f"| {label} | {100 * r['best']:.2f} | {r['best_epoch']} | {100 * r['final']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def train() -> dict:
+    import keras
+    import tensorflow as tf
+
+    from ffsd_tf import callbacks, rundir
+    from ffsd_tf.data import DataError, load_dataset
+    from ffsd_tf.trainer import FFSD, FFSDConfig
+
+    ffsd_flags.validate(num_replicas=1)
+    out = FLAGS.output_dir
+    resuming = os.path.isdir(out) and rundir.has_checkpoint(out)
+    if resuming and not FLAGS.resume:
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --output_dir")
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    try:
+        bundle = load_dataset(
+            FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            batch_size=FLAGS.batch_size,
+            eval_batch_size=FLAGS.eval_batch_size,
+            seed=FLAGS.seed,
+            train_subset=FLAGS.train_subset,
+            test_subset=FLAGS.test_subset,
+            image_size=FLAGS.image_size,
+            synthetic_classes=FLAGS.synthetic_classes,
+            synthetic_train=FLAGS.synthetic_train,
+            synthetic_test=FLAGS.synthetic_test,
+        )
+    except DataError as e:
+        raise UsageError(str(e)) from None
+
+    config = FFSDConfig(
+        model=FLAGS.model,
+        num_classes=bundle.num_classes,
+        input_shape=tuple(bundle.image_shape),
+        num_students=FLAGS.num_students,
+        temperature=FLAGS.temperature,
+        mutual_learning=FLAGS.mutual_learning,
+        leader=FLAGS.leader,
+        fusion=FLAGS.fusion and FLAGS.leader,
+        diversity=FLAGS.diversity,
+        self_distillation=FLAGS.self_distillation,
+    )
+    if resuming:
+        rundir.check_compatible(out, config, FLAGS.dataset)
+    probe_writable(out)
+
+    steps = FLAGS.steps_per_epoch or bundle.steps_per_epoch
+    model = FFSD(config, loss_weights=ffsd_flags.weight_schedules())
+    model.compile(build_optimizers(steps, model.active_roles), jit_compile=FLAGS.jit_compile)
+    checkpoint = rundir.checkpoint_for(model)
+
+    history: list[dict] = []
+    initial_epoch = 0
+    if resuming:
+        latest = tf.train.latest_checkpoint(os.path.join(out, rundir.CHECKPOINTS))
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        initial_epoch = int(model.epoch.numpy())
+        history_path = os.path.join(out, rundir.HISTORY)
+        if os.path.exists(history_path):
+            history = [h for h in rundir.read_json(history_path) if h["epoch"] <= initial_epoch]
+        logging.info("resumed %s at epoch %d", latest, initial_epoch)
+        print(f"Resuming from {latest} (epoch {initial_epoch} done)")
+
+    rundir.write_text_atomic(os.path.join(out, rundir.FLAGS_FILE), effective_flags_text())
+    rundir.write_json_atomic(
+        os.path.join(out, rundir.CONFIG),
+        {
+            "model": rundir.config_to_dict(config),
+            "dataset": {
+                "name": bundle.name,
+                "data_dir": FLAGS.data_dir,
+                "num_classes": bundle.num_classes,
+                "image_shape": list(bundle.image_shape),
+                "mean": list(bundle.mean),
+                "std": list(bundle.std),
+                "class_names": list(bundle.class_names),
+            },
+        },
+    )
+
+    epochs = FLAGS.epochs
+    if initial_epoch < epochs:
+        cbs = [
+            callbacks.LossWeightScheduler(),
+            callbacks.PerModelTensorBoard(os.path.join(out, "tensorboard")),
+            callbacks.EpochCheckpoint(out, checkpoint, FLAGS.keep_checkpoints, history),
+            callbacks.CompactProgress(epochs, steps, FLAGS.verbose),
+        ]
+        model.fit(
+            bundle.train_stream(initial_epoch),
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            validation_data=bundle.test_dataset(),
+            validation_freq=_validation_epochs(epochs),
+            callbacks=cbs,
+            verbose=0,
+        )
+
+    results = {
+        "dataset": bundle.name,
+        "model": config.model,
+        "num_students": config.num_students,
+        "epochs": epochs,
+        "accuracy": summarize(history, config.num_students),
+    }
+    rundir.write_json_atomic(os.path.join(out, "results.json"), results)
+    table = results_table(results["accuracy"])
+    rundir.write_text_atomic(
+        os.path.join(out, "results.md"),
+        f"# {config.model} on {bundle.name}, {config.num_students} common students, {epochs} epochs\n\n{table}",
+    )
+    print(f"\nResults ({out}/results.md):\n\n{table}")
+
+    if FLAGS.export:
+        from export import export_run
+
+        export_run(out, export_dir=FLAGS.export_dir or os.path.join(out, "export"))
+    return results
+
+
+def _validation_epochs(epochs: int) -> list[int]:
+    """1-based epochs after which to evaluate: every eval_every-th and always the last."""
+    every = FLAGS.eval_every
+    return sorted({e for e in range(every, epochs + 1, every)} | {epochs})
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail(f"unexpected arguments {' '.join(argv[1:])}; flags are written --name=value")
+    from ffsd_tf.rundir import RunDirError
+
+    try:
+        train()
+    except (ffsd_flags.FlagError, UsageError, RunDirError) as e:
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=flags_parser)

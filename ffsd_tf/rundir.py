@@ -1,0 +1,134 @@
+"""The run directory: what a run writes, written atomically, and how to read it back.
+
+::
+
+    <output_dir>/
+      flags.txt          effective flags; replay with --flagfile=<output_dir>/flags.txt
+      config.json        the cohort (FFSDConfig) and the dataset metadata (classes, mean/std)
+      checkpoints/       tf.train.Checkpoint per epoch: every network, every optimizer's state,
+                         the epoch counter (the LR schedule is a function of the optimizer steps)
+      history.json       per-epoch logs up to the last checkpoint
+      tensorboard/       train/ and validation/ scalars named per model (leader/acc, ...)
+      results.json       best and final accuracy of every model
+      results.md         the same as a Markdown table
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+import tensorflow as tf
+
+from ffsd_tf.trainer import FFSD, FFSDConfig
+
+CONFIG = "config.json"
+FLAGS_FILE = "flags.txt"
+HISTORY = "history.json"
+CHECKPOINTS = "checkpoints"
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked; the message is one actionable line."""
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes to a temporary file in the same directory, fsyncs, then renames over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def config_to_dict(config: FFSDConfig) -> dict:
+    d = dataclasses.asdict(config)
+    d["input_shape"] = list(d["input_shape"])
+    return d
+
+
+def config_from_dict(d: dict) -> FFSDConfig:
+    d = dict(d)
+    d["input_shape"] = tuple(d["input_shape"])
+    return FFSDConfig(**d)
+
+
+def has_checkpoint(run_dir: str) -> bool:
+    return tf.train.latest_checkpoint(os.path.join(run_dir, CHECKPOINTS)) is not None
+
+
+def check_compatible(run_dir: str, config: FFSDConfig, dataset: str) -> None:
+    """Refuses to resume a run directory written for another cohort or dataset."""
+    path = os.path.join(run_dir, CONFIG)
+    if not os.path.exists(path):
+        raise RunDirError(f"{run_dir} has checkpoints but no {CONFIG}; it was not written by ffsd_tf.run")
+    saved = read_json(path)
+    mine = config_to_dict(config)
+    diffs = [f"{k}={saved['model'].get(k)!r} (now {mine[k]!r})" for k in mine if saved["model"].get(k) != mine[k]]
+    if saved.get("dataset", {}).get("name") != dataset:
+        diffs.append(f"dataset={saved.get('dataset', {}).get('name')!r} (now {dataset!r})")
+    if diffs:
+        raise RunDirError(
+            f"checkpoint in {run_dir} is from another configuration ({'; '.join(diffs)}); "
+            "use another --output_dir or the same flags"
+        )
+
+
+def load_config(run_dir: str) -> tuple[FFSDConfig, dict]:
+    """(cohort config, dataset metadata) of a run directory."""
+    path = os.path.join(run_dir, CONFIG)
+    if not os.path.exists(path):
+        raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG}); pass the --output_dir of a training run")
+    saved = read_json(path)
+    return config_from_dict(saved["model"]), saved["dataset"]
+
+
+def checkpoint_for(model: FFSD) -> tf.train.Checkpoint:
+    """What a checkpoint holds: every network, every optimizer (slots + iterations), the epoch."""
+    if getattr(model, "optimizer", None) is not None:
+        return tf.train.Checkpoint(model=model, optimizers=dict(model.optimizers))
+    return tf.train.Checkpoint(model=model)
+
+
+def restore_model(path: str) -> tuple[FFSD, dict, str]:
+    """Rebuilds the cohort of a run directory (or a checkpoint prefix inside one) with its weights.
+
+    Returns ``(model, dataset_metadata, checkpoint_path)``. Optimizer state is not needed and
+    not restored.
+    """
+    if os.path.isdir(path):
+        run_dir = path
+        ckpt = tf.train.latest_checkpoint(os.path.join(run_dir, CHECKPOINTS))
+        if ckpt is None:
+            raise RunDirError(f"no checkpoint in {os.path.join(run_dir, CHECKPOINTS)}; train first or pass a run directory")
+    else:
+        ckpt = path
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        if not tf.io.gfile.exists(ckpt + ".index"):
+            raise RunDirError(f"checkpoint {ckpt} does not exist (expected {ckpt}.index)")
+    config, dataset = load_config(run_dir)
+    model = FFSD(config)
+    try:
+        tf.train.Checkpoint(model=model).restore(ckpt).expect_partial().assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunDirError(f"checkpoint {ckpt} does not match {run_dir}/{CONFIG}: {first[:200]}") from None
+    return model, dataset, ckpt
