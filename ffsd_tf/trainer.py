@@ -46,6 +46,7 @@ from ffsd_tf import losses
 from ffsd_tf.attention import diversity_feature_target
 from ffsd_tf.fusion import build_fusion_module, build_trans_fusion
 from ffsd_tf.networks import build_network
+from ffsd_tf.networks.layers import synchronized_batchnorm
 from ffsd_tf.self_distillation import build_sd_decoder
 
 DIVERSITY_MODES = ("attention", "l2", "none")
@@ -77,6 +78,7 @@ class FFSDConfig:
     fusion: bool = True
     diversity: str = "attention"
     self_distillation: str = "both"
+    sync_batchnorm: bool = False
 
     def __post_init__(self):
         if self.num_students < 1:
@@ -114,6 +116,20 @@ class FFSD(keras.Model):
     def __init__(self, config: FFSDConfig, loss_weights: Mapping[str, Callable[[int], float]] | None = None, **kwargs):
         super().__init__(name=kwargs.pop("name", "ffsd"), **kwargs)
         self.config = config
+        with synchronized_batchnorm(config.sync_batchnorm):
+            self._build_cohort(config)
+        self._loss_weight_schedules = dict(loss_weights or {})
+        unknown = set(self._loss_weight_schedules) - set(LOSS_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}")
+        self.loss_weight_vars = {
+            key: self.add_weight(name=f"w_{key}", shape=(), initializer="ones", trainable=False)
+            for key in LOSS_WEIGHTS
+        }
+        self.epoch = self.add_weight(name="epoch", shape=(), initializer="zeros", dtype="int64", trainable=False)
+        self._train_trackers, self._eval_trackers = self._make_trackers()
+
+    def _build_cohort(self, config: FFSDConfig):
         build = lambda name: build_network(  # noqa: E731
             config.model, num_classes=config.num_classes, input_shape=config.input_shape, model_name=name
         )
@@ -132,17 +148,6 @@ class FFSD(keras.Model):
                 self.sd_decoders[student_name(i)] = build_sd_decoder(feature_shapes, name=f"sd_{student_name(i)}")
         if config.leader_decoder:
             self.sd_decoders["leader"] = build_sd_decoder(feature_shapes, name="sd_leader")
-
-        self._loss_weight_schedules = dict(loss_weights or {})
-        unknown = set(self._loss_weight_schedules) - set(LOSS_WEIGHTS)
-        if unknown:
-            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}")
-        self.loss_weight_vars = {
-            key: self.add_weight(name=f"w_{key}", shape=(), initializer="ones", trainable=False)
-            for key in LOSS_WEIGHTS
-        }
-        self.epoch = self.add_weight(name="epoch", shape=(), initializer="zeros", dtype="int64", trainable=False)
-        self._train_trackers, self._eval_trackers = self._make_trackers()
 
     # ------------------------------------------------------------------ structure
     @property

@@ -16,6 +16,8 @@ handled here once, so that every network file stays a plain description of its a
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import keras
@@ -23,6 +25,17 @@ from keras import layers
 
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 BN_EPSILON = 1e-5
+_SYNC_BN = contextvars.ContextVar("ffsd_sync_batchnorm", default=False)
+
+
+@contextlib.contextmanager
+def synchronized_batchnorm(enabled: bool = True):
+    """Networks built inside this context use cross-replica (synchronized) BatchNorm."""
+    token = _SYNC_BN.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _SYNC_BN.reset(token)
 
 
 def conv_init(kernel_size: int, out_channels: int) -> keras.initializers.Initializer:
@@ -37,7 +50,7 @@ def torch_uniform_init(fan_in: int) -> keras.initializers.Initializer:
 
 
 def batch_norm(name: str, momentum: float = BN_MOMENTUM) -> layers.BatchNormalization:
-    return layers.BatchNormalization(momentum=momentum, epsilon=BN_EPSILON, name=name)
+    return layers.BatchNormalization(momentum=momentum, epsilon=BN_EPSILON, synchronized=_SYNC_BN.get(), name=name)
 
 
 def conv(x, filters: int, kernel_size: int, *, stride: int = 1, use_bias: bool = False, name: str):
