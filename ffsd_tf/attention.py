@@ -21,7 +21,11 @@ def attention_map(features: tf.Tensor) -> tf.Tensor:
 
 
 def flatten(x: tf.Tensor) -> tf.Tensor:
-    return tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1])
+    """``[B, ...] -> [B, N]`` in float32, keeping N static (the threshold index k needs it)."""
+    size = 1
+    for d in x.shape[1:]:
+        size *= int(d)
+    return tf.reshape(tf.cast(x, tf.float32), [-1, size])
 
 
 def normalize(x: tf.Tensor) -> tf.Tensor:

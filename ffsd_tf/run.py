@@ -12,7 +12,9 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from ffsd_tf.quiet import import_tensorflow_quietly
+
+import_tensorflow_quietly()
 
 from absl import app, flags, logging  # noqa: E402
 
@@ -108,7 +110,8 @@ def summarize(history: list[dict], num_students: int) -> dict:
 def results_table(results: dict) -> str:
     labels = dict(TABLE_ROWS)
     lines = ["| model | best test acc (%) | epoch | final test acc (%) |", "|---|---:|---:|---:|"]
-    order = [k for k in results if k.startswith("student")] + [k for k, _ in TABLE_ROWS if k in results]
+    order = [k for k in results if k.startswith("student") and k[len("student"):].isdigit()]
+    order += [k for k, _ in TABLE_ROWS if k in results]
     for k in order:
         r = results[k]
         label = labels.get(k, k.replace("student", "Common student "))
@@ -217,6 +220,7 @@ def train() -> dict:
             validation_data=bundle.test_dataset(),
             validation_freq=_validation_epochs(epochs),
             callbacks=cbs,
+            shuffle=False,  # the stream is already shuffled, per epoch, from the seed
             verbose=0,
         )
 
@@ -253,6 +257,7 @@ def main(argv):
         fail(f"unexpected arguments {' '.join(argv[1:])}; flags are written --name=value")
     from ffsd_tf.rundir import RunDirError
 
+    logging.set_verbosity(logging.WARNING)
     try:
         train()
     except (ffsd_flags.FlagError, UsageError, RunDirError) as e:

@@ -80,7 +80,7 @@ def test_run_writes_flags_tensorboard_checkpoint_results(finished_run):
 def test_flagfile_replays_the_run(finished_run, tmp_path):
     out, _ = finished_run
     replay = str(tmp_path / "replay")
-    proc = run_cli([f"--flagfile={out}/flags.txt", f"--output_dir={replay}", "--epochs=1"])
+    proc = run_cli([f"--flagfile={out}/flags.txt", f"--output_dir={replay}", "--epochs=1", "--milestones="])
     assert proc.returncode == 0, proc.stderr[-2000:]
     a = json.load(open(os.path.join(out, "history.json")))[0]
     b = json.load(open(os.path.join(replay, "history.json")))[0]
