@@ -257,7 +257,7 @@ def main(argv):
         fail(f"unexpected arguments {' '.join(argv[1:])}; flags are written --name=value")
     from ffsd_tf.rundir import RunDirError
 
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # tfds and TF warn through absl; errors reach the user as one line
     try:
         train()
     except (ffsd_flags.FlagError, UsageError, RunDirError) as e:

@@ -101,11 +101,19 @@ def load_config(run_dir: str) -> tuple[FFSDConfig, dict]:
     return config_from_dict(saved["model"]), saved["dataset"]
 
 
-def checkpoint_for(model: FFSD) -> tf.train.Checkpoint:
-    """What a checkpoint holds: every network, every optimizer (slots + iterations), the epoch."""
-    if getattr(model, "optimizer", None) is not None:
-        return tf.train.Checkpoint(model=model, optimizers=dict(model.optimizers))
-    return tf.train.Checkpoint(model=model)
+def checkpoint_for(model: FFSD, with_optimizers: bool = True) -> tf.train.Checkpoint:
+    """What a checkpoint holds: every network (weights and BN statistics) by name, the epoch and
+    loss-weight state, and every optimizer (slots + iterations).
+
+    Networks are listed explicitly: TensorFlow's object graph does not follow Keras' lists and
+    dicts of sub-models (``common_students``, ``sd_decoders``), so checkpointing the trainer
+    alone would silently drop the students' and decoders' BatchNorm statistics.
+    """
+    state = {"epoch": model.epoch, **{f"w_{k}": v for k, v in model.loss_weight_vars.items()}}
+    parts = {"networks": dict(model.networks), "state": state}
+    if with_optimizers and getattr(model, "optimizer", None) is not None:
+        parts["optimizers"] = dict(model.optimizers)
+    return tf.train.Checkpoint(**parts)
 
 
 def restore_model(path: str) -> tuple[FFSD, dict, str]:
@@ -127,7 +135,7 @@ def restore_model(path: str) -> tuple[FFSD, dict, str]:
     config, dataset = load_config(run_dir)
     model = FFSD(config)
     try:
-        tf.train.Checkpoint(model=model).restore(ckpt).expect_partial().assert_existing_objects_matched()
+        checkpoint_for(model, with_optimizers=False).restore(ckpt).expect_partial().assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunDirError(f"checkpoint {ckpt} does not match {run_dir}/{CONFIG}: {first[:200]}") from None

@@ -160,6 +160,12 @@ class FFSD(keras.Model):
             "decoders": list(self.sd_decoders.values()),
         }
 
+    @property
+    def networks(self) -> dict[str, keras.Model]:
+        """Every network by name: student1..n, leader, trans_fusion, fusion, sd_<owner>."""
+        nets = {m.name: m for ms in self.role_models.values() for m in ms}
+        return nets
+
     def role_variables(self, role: str) -> list:
         return [v for m in self.role_models[role] for v in m.trainable_variables]
 

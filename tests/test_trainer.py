@@ -17,13 +17,7 @@ def batch(rng, n=8, classes=10, size=16):
 
 def owners(model: FFSD):
     """variable ref -> the sub-model that owns it (student1, leader, trans_fusion, fusion, sd_student2...)."""
-    table = {}
-    nets = list(model.common_students) + [model.leader, model.trans_fusion, model.fusion] + list(model.sd_decoders.values())
-    for net in nets:
-        if net is not None:
-            for v in net.trainable_variables:
-                table[id(v)] = net.name
-    return table
+    return {id(v): name for name, net in model.networks.items() for v in net.trainable_variables}
 
 
 def moved_by(model, term_name, images, labels):
