@@ -10,6 +10,7 @@ from __future__ import annotations
 from absl import flags
 
 from ffsd_tf.data import DATASETS
+from ffsd_tf.distribute import PRECISIONS, STRATEGIES
 from ffsd_tf.networks import available as available_networks
 from ffsd_tf.schedules import parse_weight_schedule
 from ffsd_tf.trainer import DIVERSITY_MODES, LOSS_WEIGHTS, SD_MODES
@@ -78,7 +79,10 @@ flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order and augmenta
 flags.DEFINE_bool("deterministic", True, "Enable TensorFlow op determinism (repeatable CPU runs).")
 flags.DEFINE_string("output_dir", "runs/default", "Run directory: flags, checkpoints, TensorBoard, results.")
 flags.DEFINE_bool("resume", True, "Continue from the last checkpoint in output_dir if there is one.")
-flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (measure first: slower on CPU).")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (one device only; measure first: slower on CPU).")
+flags.DEFINE_enum("strategy", "default", STRATEGIES, "default (one device), mirrored (local GPUs), multi_worker (TF_CONFIG).")
+flags.DEFINE_bool("sync_batchnorm", False, "Synchronise BatchNorm statistics across replicas (multi-device = one device).")
+flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy; mixed_float16 uses a loss scale per optimizer.")
 flags.DEFINE_integer("eval_every", 1, "Evaluate on the test set every this many epochs (and at the last).", lower_bound=1)
 flags.DEFINE_integer("keep_checkpoints", 3, "How many epoch checkpoints to keep.", lower_bound=1)
 flags.DEFINE_enum("verbose", "bar", ["bar", "line", "quiet"], "Progress display.")
@@ -86,11 +90,6 @@ flags.DEFINE_bool("export", False, "Export the leader (SavedModel + TFLite) when
 flags.DEFINE_string("export_dir", None, "Where to export (default: <output_dir>/export).")
 
 # Flags that define the trained model: a checkpoint is only reused if these match.
-ARCHITECTURE_FLAGS = (
-    "dataset", "image_size", "synthetic_classes", "model", "num_students",
-    "leader", "fusion", "diversity", "self_distillation",
-)
-
 
 def milestones() -> list[int]:
     try:
@@ -146,6 +145,8 @@ def validate(num_replicas: int = 1) -> None:
         raise FlagError(f"--milestones {ms} reach beyond --epochs={f.epochs}; drop them or train longer")
     if f.lr_warmup_epochs >= f.epochs and f.lr_warmup_epochs > 0:
         raise FlagError(f"--lr_warmup_epochs={f.lr_warmup_epochs} must be < --epochs={f.epochs}")
+    if f.jit_compile and f.strategy != "default":
+        raise FlagError(f"--jit_compile fails under --strategy={f.strategy} (XLA works on one device only); drop one of them")
     if f.batch_size % num_replicas:
         raise FlagError(f"--batch_size={f.batch_size} is not divisible by the {num_replicas} replicas; use a multiple")
     if not f.leader and f.self_distillation == "leader":

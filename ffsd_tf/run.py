@@ -8,9 +8,10 @@ accuracy of every model). See ``rundir`` for the directory layout.
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import sys
+import tempfile
 
 from ffsd_tf.quiet import import_tensorflow_quietly
 
@@ -127,7 +128,12 @@ def train() -> dict:
     from ffsd_tf.data import DataError, load_dataset
     from ffsd_tf.trainer import FFSD, FFSDConfig
 
+    from ffsd_tf import distribute
+
     ffsd_flags.validate(num_replicas=1)
+    strategy = distribute.make_strategy(FLAGS.strategy)
+    ffsd_flags.validate(num_replicas=strategy.num_replicas_in_sync)
+    chief = distribute.is_chief()
     out = FLAGS.output_dir
     resuming = os.path.isdir(out) and rundir.has_checkpoint(out)
     if resuming and not FLAGS.resume:
@@ -165,14 +171,19 @@ def train() -> dict:
         fusion=FLAGS.fusion and FLAGS.leader,
         diversity=FLAGS.diversity,
         self_distillation=FLAGS.self_distillation,
+        sync_batchnorm=FLAGS.sync_batchnorm,
     )
     if resuming:
         rundir.check_compatible(out, config, FLAGS.dataset)
-    probe_writable(out)
+    if chief:
+        probe_writable(out)
 
     steps = FLAGS.steps_per_epoch or bundle.steps_per_epoch
-    model = FFSD(config, loss_weights=ffsd_flags.weight_schedules())
-    model.compile(build_optimizers(steps, model.active_roles), jit_compile=FLAGS.jit_compile)
+    distribute.set_precision(FLAGS.precision)
+    with strategy.scope():
+        model = FFSD(config, loss_weights=ffsd_flags.weight_schedules())
+        optimizers = distribute.wrap_for_precision(build_optimizers(steps, model.active_roles), FLAGS.precision)
+        model.compile(optimizers, jit_compile=FLAGS.jit_compile)
     checkpoint = rundir.checkpoint_for(model)
 
     history: list[dict] = []
@@ -184,45 +195,46 @@ def train() -> dict:
         history_path = os.path.join(out, rundir.HISTORY)
         if os.path.exists(history_path):
             history = [h for h in rundir.read_json(history_path) if h["epoch"] <= initial_epoch]
-        logging.info("resumed %s at epoch %d", latest, initial_epoch)
-        print(f"Resuming from {latest} (epoch {initial_epoch} done)")
+        if chief:
+            print(f"Resuming from {latest} (epoch {initial_epoch} done)")
 
-    rundir.write_text_atomic(os.path.join(out, rundir.FLAGS_FILE), effective_flags_text())
-    rundir.write_json_atomic(
-        os.path.join(out, rundir.CONFIG),
-        {
-            "model": rundir.config_to_dict(config),
-            "dataset": {
-                "name": bundle.name,
-                "data_dir": FLAGS.data_dir,
-                "num_classes": bundle.num_classes,
-                "image_shape": list(bundle.image_shape),
-                "mean": list(bundle.mean),
-                "std": list(bundle.std),
-                "class_names": list(bundle.class_names),
-            },
-        },
-    )
+    if chief:
+        write_run_files(out, config, bundle)
 
     epochs = FLAGS.epochs
     if initial_epoch < epochs:
+        train_data, test_data = bundle.train_stream(initial_epoch), bundle.test_dataset()
+        if FLAGS.strategy == "multi_worker":  # in-memory data: shard by batch, not by file
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+            train_data, test_data = train_data.with_options(options), test_data.with_options(options)
+        ckpt_dir = out if chief else tempfile.mkdtemp(prefix=f"ffsd-{distribute.task_id()}-")
         cbs = [
             callbacks.LossWeightScheduler(),
-            callbacks.PerModelTensorBoard(os.path.join(out, "tensorboard")),
-            callbacks.EpochCheckpoint(out, checkpoint, FLAGS.keep_checkpoints, history),
-            callbacks.CompactProgress(epochs, steps, FLAGS.verbose),
+            callbacks.EpochCheckpoint(ckpt_dir, checkpoint, FLAGS.keep_checkpoints, history, chief=chief),
         ]
-        model.fit(
-            bundle.train_stream(initial_epoch),
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
-            validation_data=bundle.test_dataset(),
-            validation_freq=_validation_epochs(epochs),
-            callbacks=cbs,
-            shuffle=False,  # the stream is already shuffled, per epoch, from the seed
-            verbose=0,
-        )
+        if chief:
+            cbs += [
+                callbacks.PerModelTensorBoard(os.path.join(out, "tensorboard")),
+                callbacks.CompactProgress(epochs, steps, FLAGS.verbose),
+            ]
+        try:
+            model.fit(
+                train_data,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
+                validation_data=test_data,
+                validation_freq=_validation_epochs(epochs),
+                callbacks=cbs,
+                shuffle=False,  # the stream is already shuffled, per epoch, from the seed
+                verbose=0,
+            )
+        finally:
+            if not chief:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if not chief:
+        return {}
 
     results = {
         "dataset": bundle.name,
@@ -244,6 +256,28 @@ def train() -> dict:
 
         export_run(out, export_dir=FLAGS.export_dir or os.path.join(out, "export"))
     return results
+
+
+def write_run_files(out, config, bundle) -> None:
+    """flags.txt (replayable) and config.json (cohort + dataset metadata), atomically."""
+    from ffsd_tf import rundir
+
+    rundir.write_text_atomic(os.path.join(out, rundir.FLAGS_FILE), effective_flags_text())
+    rundir.write_json_atomic(
+        os.path.join(out, rundir.CONFIG),
+        {
+            "model": rundir.config_to_dict(config),
+            "dataset": {
+                "name": bundle.name,
+                "data_dir": FLAGS.data_dir,
+                "num_classes": bundle.num_classes,
+                "image_shape": list(bundle.image_shape),
+                "mean": list(bundle.mean),
+                "std": list(bundle.std),
+                "class_names": list(bundle.class_names),
+            },
+        },
+    )
 
 
 def _validation_epochs(epochs: int) -> list[int]:
