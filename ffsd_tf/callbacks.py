@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -10,6 +11,31 @@ import keras
 import tensorflow as tf
 
 from ffsd_tf import rundir
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/Inf; the message names the model and the loss term."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops at the first step whose logs hold a NaN or Inf, naming the first bad term.
+
+    Raised before the epoch ends, so the epoch checkpoint is never written with bad weights and
+    the last good checkpoint stays the latest. Terms are checked per model (``student2/diversity``
+    before ``student2/loss``), so the message points at the cause, not at a total.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = [k for k, v in (logs or {}).items() if not math.isfinite(float(v))]
+        if bad:
+            terms = [k for k in bad if not k.endswith("/loss") and k != "loss"] or bad
+            raise NonFiniteLossError(
+                f"non-finite value of {terms[0]} (model {terms[0].split('/')[0]}) at epoch {self._epoch + 1}, "
+                f"step {batch + 1} ({', '.join(sorted(bad))}); the last good checkpoint is kept: lower --lr or the lambdas"
+            )
 
 
 class LossWeightScheduler(keras.callbacks.Callback):

@@ -210,6 +210,7 @@ def train() -> dict:
             train_data, test_data = train_data.with_options(options), test_data.with_options(options)
         ckpt_dir = out if chief else tempfile.mkdtemp(prefix=f"ffsd-{distribute.task_id()}-")
         cbs = [
+            callbacks.StopOnNonFinite(),
             callbacks.LossWeightScheduler(),
             callbacks.EpochCheckpoint(ckpt_dir, checkpoint, FLAGS.keep_checkpoints, history, chief=chief),
         ]
@@ -289,6 +290,7 @@ def _validation_epochs(epochs: int) -> list[int]:
 def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {' '.join(argv[1:])}; flags are written --name=value")
+    from ffsd_tf import callbacks
     from ffsd_tf.rundir import RunDirError
 
     logging.set_verbosity(logging.ERROR)  # tfds and TF warn through absl; errors reach the user as one line
@@ -296,6 +298,8 @@ def main(argv):
         train()
     except (ffsd_flags.FlagError, UsageError, RunDirError) as e:
         fail(str(e))
+    except callbacks.NonFiniteLossError as e:
+        fail(str(e), code=3)
 
 
 if __name__ == "__main__":

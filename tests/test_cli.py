@@ -168,3 +168,30 @@ def test_missing_dataset_fails_fast(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cifar" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = str(tmp_path / "nan")
+    ok = run_cli(SMALL + ["--epochs=1", "--milestones=", f"--output_dir={out}"])
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    good = _checkpoint_state(os.path.join(out, "checkpoints", "ckpt-1"))
+    proc = run_cli(SMALL + ["--epochs=3", "--milestones=", "--lr=1e6", f"--output_dir={out}"])
+    assert proc.returncode == 3
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "non-finite value of student" in lines[0] and "(model student" in lines[0], proc.stderr
+    latest = tf.train.latest_checkpoint(os.path.join(out, "checkpoints"))
+    assert latest.endswith("ckpt-1")
+    after = _checkpoint_state(latest)
+    assert all(np.array_equal(good[k], after[k]) for k in good)
+    assert [h["epoch"] for h in json.load(open(os.path.join(out, "history.json")))] == [1]
+
+
+def test_unwritable_output_dir_is_reported_before_training(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    start = time.time()
+    proc = run_cli(SMALL + ["--epochs=3", f"--output_dir={blocker}/run"])
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0], proc.stderr
+    assert time.time() - start < 60
