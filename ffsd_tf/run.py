@@ -189,8 +189,7 @@ def train() -> dict:
     history: list[dict] = []
     initial_epoch = 0
     if resuming:
-        latest = tf.train.latest_checkpoint(os.path.join(out, rundir.CHECKPOINTS))
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        latest = rundir.restore_latest_good(checkpoint, out, warn=lambda m: print(m, file=sys.stderr))
         initial_epoch = int(model.epoch.numpy())
         history_path = os.path.join(out, rundir.HISTORY)
         if os.path.exists(history_path):

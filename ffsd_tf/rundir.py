@@ -92,6 +92,29 @@ def check_compatible(run_dir: str, config: FFSDConfig, dataset: str) -> None:
         )
 
 
+def restore_latest_good(checkpoint: tf.train.Checkpoint, run_dir: str, warn=None) -> str:
+    """Restores the newest checkpoint that reads back; warns about and skips corrupt ones.
+
+    A checkpoint is written to temporary files and listed in ``checkpoints/checkpoint`` only when
+    complete, but a disk can still truncate or damage it later. Returns the path restored.
+    """
+    directory = os.path.join(run_dir, CHECKPOINTS)
+    state = tf.train.get_checkpoint_state(directory)
+    candidates = list(state.all_model_checkpoint_paths)[::-1] if state else []
+    errors = []
+    for path in candidates:
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+            return path
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError, KeyError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            errors.append(f"{os.path.basename(path)}: {first}")
+            if warn is not None:
+                warn(f"warning: checkpoint {path} is unreadable ({first}); trying the previous one")
+    raise RunDirError(f"no readable checkpoint in {directory} ({'; '.join(errors) or 'none listed'}); "
+                      "remove the directory to start over")
+
+
 def load_config(run_dir: str) -> tuple[FFSDConfig, dict]:
     """(cohort config, dataset metadata) of a run directory."""
     path = os.path.join(run_dir, CONFIG)

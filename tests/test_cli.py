@@ -195,3 +195,26 @@ def test_unwritable_output_dir_is_reported_before_training(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not writable" in lines[0], proc.stderr
     assert time.time() - start < 60
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path):
+    import shutil
+
+    full, _ = finished_run
+    out = str(tmp_path / "corrupt")
+    shutil.copytree(full, out)
+    for name in ("results.json", "results.md"):
+        os.unlink(os.path.join(out, name))
+    data = [f for f in os.listdir(os.path.join(out, "checkpoints")) if f.startswith("ckpt-3.data")][0]
+    path = os.path.join(out, "checkpoints", data)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    proc = run_cli(SMALL + ["--epochs=3", f"--output_dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ckpt-3 is unreadable" in proc.stderr and "Resuming from" in proc.stdout and "ckpt-2" in proc.stdout
+    assert [h["epoch"] for h in json.load(open(os.path.join(out, "history.json")))] == [1, 2, 3]
+    a = _checkpoint_state(os.path.join(full, "checkpoints", "ckpt-3"))
+    b = _checkpoint_state(tf.train.latest_checkpoint(os.path.join(out, "checkpoints")))
+    for k in a:
+        if a[k].dtype.kind == "f":
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
