@@ -12,8 +12,7 @@ from absl import flags
 from ffsd_tf.data import DATASETS
 from ffsd_tf.distribute import PRECISIONS, STRATEGIES
 from ffsd_tf.networks import available as available_networks
-from ffsd_tf.schedules import parse_weight_schedule
-from ffsd_tf.trainer import DIVERSITY_MODES, LOSS_WEIGHTS, SD_MODES
+from ffsd_tf.trainer import DIVERSITY_MODES, LOSS_WEIGHTS, PAPER_LOSS_WEIGHTS, SD_MODES, loss_weight_schedules
 
 FLAGS = flags.FLAGS
 
@@ -43,17 +42,16 @@ flags.DEFINE_enum("self_distillation", "both", SD_MODES, "Which self-distillatio
 flags.DEFINE_float("temperature", 2.0, "Distillation temperature T.")
 
 # Loss weights: value * schedule(epoch) -------------------------------------------------------
-_WEIGHT_DEFAULTS = {
-    "kl": (1.0, "constant", "T^2 KL between common students (Eq. 2)"),
-    "fusion_kl": (1.0, "constant", "T^2 KL of the fusion classifier to the students' mean (Eq. 4)"),
-    "leader_kl": (1.0, "constant", "T^2 KL of the leader to the fusion classifier (Eq. 14)"),
-    "diversity": (1e-5, "exp_warmup:5", "lambda_div: diversity and its self-distillation (Eqs. 9, 11)"),
-    "fusion": (10.0, "exp_warmup:5", "lambda_fea: leader feature terms, Eq. 5 and (as coded) Eq. 13"),
-    "self_distillation": (1000.0, "exp_warmup:5", "lambda_sd: the decoders' own loss (Eq. 10)"),
+_WEIGHT_HELP = {
+    "kl": "T^2 KL between common students (Eq. 2)",
+    "fusion_kl": "T^2 KL of the fusion classifier to the students' mean (Eq. 4)",
+    "leader_kl": "T^2 KL of the leader to the fusion classifier (Eq. 14)",
+    "diversity": "lambda_div: diversity and its self-distillation (Eqs. 9, 11)",
+    "fusion": "lambda_fea: leader feature terms, Eq. 5 and (as coded) Eq. 13",
+    "self_distillation": "lambda_sd: the decoders' own loss (Eq. 10)",
 }
-assert set(_WEIGHT_DEFAULTS) == set(LOSS_WEIGHTS)
-for _key, (_value, _schedule, _help) in _WEIGHT_DEFAULTS.items():
-    flags.DEFINE_float(f"lambda_{_key}", _value, f"Weight of {_help}.")
+for _key, (_value, _schedule) in PAPER_LOSS_WEIGHTS.items():
+    flags.DEFINE_float(f"lambda_{_key}", _value, f"Weight of the {_WEIGHT_HELP[_key]}.")
     flags.DEFINE_string(
         f"lambda_{_key}_schedule", _schedule, "Its schedule of the epoch: constant | exp_warmup:E | linear_warmup:E | piecewise:E=V,..."
     )
@@ -99,17 +97,14 @@ def milestones() -> list[int]:
 
 
 def weight_schedules() -> dict:
-    """Loss weight name -> callable(epoch) = lambda * schedule(epoch)."""
-    out = {}
-    for key in LOSS_WEIGHTS:
-        value = getattr(FLAGS, f"lambda_{key}")
-        spec = getattr(FLAGS, f"lambda_{key}_schedule")
-        try:
-            schedule = parse_weight_schedule(spec)
-        except ValueError as e:
-            raise FlagError(f"--lambda_{key}_schedule: {e}") from None
-        out[key] = lambda epoch, _v=value, _s=schedule: _v * _s(epoch)
-    return out
+    """Loss weight name -> callable(epoch) = lambda * schedule(epoch), from the flags."""
+    try:
+        return loss_weight_schedules(
+            {k: getattr(FLAGS, f"lambda_{k}") for k in LOSS_WEIGHTS},
+            {k: getattr(FLAGS, f"lambda_{k}_schedule") for k in LOSS_WEIGHTS},
+        )
+    except ValueError as e:
+        raise FlagError(f"--lambda_*_schedule: {e}") from None
 
 
 def validate(num_replicas: int = 1) -> None:

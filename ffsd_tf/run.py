@@ -252,9 +252,13 @@ def train() -> dict:
     print(f"\nResults ({out}/results.md):\n\n{table}")
 
     if FLAGS.export:
-        from export import export_run
+        from export import ExportError, export_run
 
-        export_run(out, export_dir=FLAGS.export_dir or os.path.join(out, "export"))
+        try:
+            report = export_run(out, export_dir=FLAGS.export_dir or os.path.join(out, "export"))
+        except ExportError as e:
+            raise UsageError(f"training finished, export failed: {e}") from None
+        print(f"Exported the leader to {report['path']}")
     return results
 
 

@@ -30,8 +30,9 @@ Losses per network, as coded by the authors (see ``docs/paper_vs_code.md``):
                              + shallow terms vs the leader decoder's output of F_f] (Eq. 13)
 * decoder:     w_sd * Eq. (10) on its own network's maps
 
-The ``w_*`` are loss-weight schedules of the epoch (the paper's warm-up is one), held in
-non-trainable variables that ``set_epoch`` updates (the ``LossWeightScheduler`` callback calls it).
+The ``w_*`` are loss-weight schedules of the epoch (the paper's warm-up is one; defaults in
+``PAPER_LOSS_WEIGHTS``), held in non-trainable variables that ``set_epoch`` updates (the
+``LossWeightScheduler`` callback calls it at the start of every epoch).
 """
 
 from __future__ import annotations
@@ -47,12 +48,35 @@ from ffsd_tf.attention import diversity_feature_target
 from ffsd_tf.fusion import build_fusion_module, build_trans_fusion
 from ffsd_tf.networks import build_network
 from ffsd_tf.networks.layers import synchronized_batchnorm
+from ffsd_tf.schedules import parse_weight_schedule
 from ffsd_tf.self_distillation import build_sd_decoder
 
 DIVERSITY_MODES = ("attention", "l2", "none")
 SD_MODES = ("both", "students", "leader", "none")
 ROLES = ("students", "leader", "fusion", "decoders")
-LOSS_WEIGHTS = ("kl", "fusion_kl", "leader_kl", "diversity", "fusion", "self_distillation")
+# The authors' loss weights: (value, schedule of the 1-based epoch). Every one is a flag.
+PAPER_LOSS_WEIGHTS = {
+    "kl": (1.0, "constant"),  # T^2 KL between common students (Eq. 2)
+    "fusion_kl": (1.0, "constant"),  # T^2 KL of the fusion classifier to the students' mean (Eq. 4)
+    "leader_kl": (1.0, "constant"),  # T^2 KL of the leader to the fusion classifier (Eq. 14)
+    "diversity": (1e-5, "exp_warmup:5"),  # lambda_div: Eqs. 9 and 11
+    "fusion": (10.0, "exp_warmup:5"),  # lambda_fea: Eq. 5 and, as coded, Eq. 13
+    "self_distillation": (1000.0, "exp_warmup:5"),  # lambda_sd: the decoders' own loss, Eq. 10
+}
+LOSS_WEIGHTS = tuple(PAPER_LOSS_WEIGHTS)
+
+
+def loss_weight_schedules(values: Mapping[str, float] | None = None, schedules: Mapping[str, str] | None = None):
+    """name -> callable(epoch) = value * schedule(epoch), the paper's defaults unless overridden."""
+    values, schedules = dict(values or {}), dict(schedules or {})
+    unknown = (set(values) | set(schedules)) - set(LOSS_WEIGHTS)
+    if unknown:
+        raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}")
+    out = {}
+    for key, (value, spec) in PAPER_LOSS_WEIGHTS.items():
+        schedule = parse_weight_schedule(schedules.get(key, spec))
+        out[key] = lambda epoch, _v=values.get(key, value), _s=schedule: _v * _s(epoch)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +142,8 @@ class FFSD(keras.Model):
         self.config = config
         with synchronized_batchnorm(config.sync_batchnorm):
             self._build_cohort(config)
-        self._loss_weight_schedules = dict(loss_weights or {})
+        # Missing weights take the paper's value and schedule (see PAPER_LOSS_WEIGHTS).
+        self._loss_weight_schedules = {**loss_weight_schedules(), **dict(loss_weights or {})}
         unknown = set(self._loss_weight_schedules) - set(LOSS_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}")
@@ -191,8 +216,7 @@ class FFSD(keras.Model):
         """Sets every scheduled loss weight for the 1-based ``epoch``; returns their values."""
         values = {}
         for key, var in self.loss_weight_vars.items():
-            schedule = self._loss_weight_schedules.get(key)
-            values[key] = float(schedule(epoch)) if schedule is not None else 1.0
+            values[key] = float(self._loss_weight_schedules[key](epoch))
             var.assign(values[key])
         self.epoch.assign(epoch)
         return values
