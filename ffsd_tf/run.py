@@ -131,7 +131,10 @@ def train() -> dict:
     from ffsd_tf import distribute
 
     ffsd_flags.validate(num_replicas=1)
-    strategy = distribute.make_strategy(FLAGS.strategy)
+    try:
+        strategy = distribute.make_strategy(FLAGS.strategy)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     ffsd_flags.validate(num_replicas=strategy.num_replicas_in_sync)
     chief = distribute.is_chief()
     out = FLAGS.output_dir

@@ -129,6 +129,11 @@ class FFSDConfig:
         return self.leader and self.fusion and self.self_distillation in ("both", "leader")
 
 
+def _multi_worker(strategy) -> bool:
+    """Keras' own condition for its cross-worker fit/evaluate paths (keras-team/keras#20585)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+
+
 def student_name(i: int) -> str:
     """Paper numbering: common students are S_1..S_n."""
     return f"student{i + 1}"
@@ -201,10 +206,14 @@ class FFSD(keras.Model):
     def deployable_leader(self) -> keras.Model:
         """The model to ship: the leader backbone mapping images to logits (no sigma, no decoder).
 
-        With ``leader=False`` (DML / baseline runs) the first common student is returned.
+        With ``leader=False`` (DML / baseline runs) the first common student is returned. Logits
+        are float32 whatever the training precision.
         """
         net = self.leader if self.leader is not None else self.common_students[0]
-        return keras.Model(net.input, net.output["logits"], name="leader" if self.leader is not None else net.name)
+        logits = net.output["logits"]
+        if logits.dtype != "float32":
+            logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(logits)
+        return keras.Model(net.input, logits, name="leader" if self.leader is not None else net.name)
 
     def call(self, images, training=False):
         """Inference: the deployed model's logits."""
@@ -384,6 +393,20 @@ class FFSD(keras.Model):
         per_role = {r: tf.add_n(v) for r, v in role_loss.items() if v}
         return per_role, terms, logits
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Networks are built at construction and optimizers at compile. Keras 3.15 first averages
+        # an (x, y) batch across workers here, which fails under MultiWorkerMirroredStrategy.
+        if _multi_worker(self.distribute_strategy):
+            return
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _step_logs(self, logs):
+        # Keras averages a step's logs across workers with reduce(MEAN, axis=0), which rejects
+        # scalars (keras-team/keras#20585).
+        if _multi_worker(tf.distribute.get_strategy()):
+            return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
+
     def train_step(self, data):
         images, labels = data[0], data[1]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -404,7 +427,7 @@ class FFSD(keras.Model):
             self.optimizers[r].apply_gradients(zip(grads[offset : offset + n], variables[r]))
             offset += n
         terms["loss"] = total
-        return self._update_trackers(self._train_trackers, terms, logits, labels)
+        return self._step_logs(self._update_trackers(self._train_trackers, terms, logits, labels))
 
     def test_step(self, data):
         images, labels = data[0], data[1]
@@ -419,7 +442,7 @@ class FFSD(keras.Model):
             logits["leader"] = self.leader(images, training=False)["logits"]
         terms = {f"{k}/loss": losses.cross_entropy(v, labels) for k, v in logits.items()}
         terms["loss"] = tf.add_n(list(terms.values()))
-        return self._update_trackers(self._eval_trackers, terms, logits, labels)
+        return self._step_logs(self._update_trackers(self._eval_trackers, terms, logits, labels))
 
     def _update_trackers(self, trackers, terms, logits, labels):
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)

@@ -98,7 +98,7 @@ def fake_fashion(tmp_path):
 
 
 def test_registry_and_unknown_name():
-    assert set(DATASETS) == {"cifar100", "cifar10", "fashion_mnist", "synthetic"}
+    assert set(DATASETS) == {"cifar100", "cifar10", "fashion_mnist", "synthetic", "imagenet2012"}
     with pytest.raises(DataError) as e:
         load_dataset("imagenet")
     for name in DATASETS:

@@ -242,6 +242,9 @@ def load_dataset(
       synthetic_*: the ``synthetic`` dataset's number of classes and of train / test images.
       pad: reflect padding before the random crop (the paper's 4).
 
+    Streaming datasets (``imagenet2012``) return their own bundle with the same interface (see
+    ``imagenet.py``); ``image_size`` then sets the crop size, ``pad`` and ``synthetic_*`` do not apply.
+
     Raises:
       DataError: unknown name, bad argument, missing or corrupt data, labels out of range,
         inconsistent shapes: one actionable line.
@@ -258,6 +261,18 @@ def load_dataset(
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise DataError(f"pad must be a non-negative integer, got {pad!r}")
     seed = int(seed)
+
+    if getattr(DATASETS[name], "streams", False):  # imagenet2012: streamed from disk, its own bundle
+        return DATASETS[name](
+            data_dir,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            augment=bool(augment),
+            train_subset=train_subset,
+            test_subset=test_subset,
+            image_size=image_size,
+        )
 
     source: Source = DATASETS[name](
         data_dir,

@@ -21,6 +21,8 @@ Loaders:
   ``/usr/share/datasets/fashion-mnist`` (Debian/Ubuntu package ``dataset-fashion-mnist``).
 * ``synthetic``: a seeded, learnable toy task for smoke runs, tests and benchmarks (see
   :func:`load_synthetic`).
+* ``imagenet2012``: the exception: it streams from tfds instead of loading into memory, so its
+  loader (marked ``streams = True``) returns the whole bundle; see ``imagenet.py``.
 """
 
 from __future__ import annotations
@@ -383,9 +385,24 @@ def load_synthetic(
     return source.validated()
 
 
+# ---------------------------------------------------------------------------------------------
+# ImageNet (streamed, see imagenet.py)
+
+
+def load_imagenet2012(data_dir: str | None = None, **kwargs):
+    """ImageNet-1k from tfds ``imagenet2012``: too large for memory, so this returns a streaming
+    ``ImageNetBundle`` (``DataBundle``'s interface), not a :class:`Source`; see ``imagenet.py``."""
+    from ffsd_tf.data.imagenet import load_imagenet2012 as load
+
+    return load(data_dir, **kwargs)
+
+
+load_imagenet2012.streams = True  # load_dataset hands it the pipeline arguments and returns its bundle
+
 DATASETS: dict[str, Callable[..., Source]] = {
     "cifar100": load_cifar100,
     "cifar10": load_cifar10,
     "fashion_mnist": load_fashion_mnist,
     "synthetic": load_synthetic,
+    "imagenet2012": load_imagenet2012,
 }
