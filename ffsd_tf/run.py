@@ -126,7 +126,6 @@ def train() -> dict:
 
     from ffsd_tf import callbacks, rundir
     from ffsd_tf.data import DataError, load_dataset
-    from ffsd_tf.trainer import FFSD, FFSDConfig
 
     from ffsd_tf import distribute
 
@@ -163,30 +162,14 @@ def train() -> dict:
     except DataError as e:
         raise UsageError(str(e)) from None
 
-    config = FFSDConfig(
-        model=FLAGS.model,
-        num_classes=bundle.num_classes,
-        input_shape=tuple(bundle.image_shape),
-        num_students=FLAGS.num_students,
-        temperature=FLAGS.temperature,
-        mutual_learning=FLAGS.mutual_learning,
-        leader=FLAGS.leader,
-        fusion=FLAGS.fusion and FLAGS.leader,
-        diversity=FLAGS.diversity,
-        self_distillation=FLAGS.self_distillation,
-        sync_batchnorm=FLAGS.sync_batchnorm,
-    )
+    config = config_from_flags(bundle)
     if resuming:
         rundir.check_compatible(out, config, FLAGS.dataset)
     if chief:
         probe_writable(out)
 
     steps = FLAGS.steps_per_epoch or bundle.steps_per_epoch
-    distribute.set_precision(FLAGS.precision)
-    with strategy.scope():
-        model = FFSD(config, loss_weights=ffsd_flags.weight_schedules())
-        optimizers = distribute.wrap_for_precision(build_optimizers(steps, model.active_roles), FLAGS.precision)
-        model.compile(optimizers, jit_compile=FLAGS.jit_compile)
+    model = build_model(config, steps, strategy)
     checkpoint = rundir.checkpoint_for(model)
 
     history: list[dict] = []
@@ -263,6 +246,40 @@ def train() -> dict:
             raise UsageError(f"training finished, export failed: {e}") from None
         print(f"Exported the leader to {report['path']}")
     return results
+
+
+def config_from_flags(bundle):
+    """The cohort the flags describe, for the loaded dataset."""
+    from ffsd_tf.trainer import FFSDConfig
+
+    return FFSDConfig(
+        model=FLAGS.model,
+        num_classes=bundle.num_classes,
+        input_shape=tuple(bundle.image_shape),
+        num_students=FLAGS.num_students,
+        temperature=FLAGS.temperature,
+        mutual_learning=FLAGS.mutual_learning,
+        leader=FLAGS.leader,
+        fusion=FLAGS.fusion and FLAGS.leader,
+        diversity=FLAGS.diversity,
+        self_distillation=FLAGS.self_distillation,
+        sync_batchnorm=FLAGS.sync_batchnorm,
+    )
+
+
+def build_model(config, steps_per_epoch: int, strategy=None):
+    """The compiled FFSD trainer: loss weights, optimizers, LR schedules and precision from the flags."""
+    import tensorflow as tf
+
+    from ffsd_tf import distribute
+    from ffsd_tf.trainer import FFSD
+
+    distribute.set_precision(FLAGS.precision)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = FFSD(config, loss_weights=ffsd_flags.weight_schedules())
+        optimizers = distribute.wrap_for_precision(build_optimizers(steps_per_epoch, model.active_roles), FLAGS.precision)
+        model.compile(optimizers, jit_compile=FLAGS.jit_compile)
+    return model
 
 
 def write_run_files(out, config, bundle) -> None:

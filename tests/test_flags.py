@@ -48,8 +48,13 @@ def test_paper_defaults(parsed):
     assert ffsd_flags.milestones() == [150, 225] and f.epochs == 299 and f.batch_size == 128
 
 
-@pytest.mark.parametrize("flagfile", sorted(__import__("glob").glob(__file__.rsplit("/tests/", 1)[0] + "/experiments/*.flags")))
-def test_every_experiment_flagfile_parses_and_validates(parsed, flagfile):
+ROOT = __file__.rsplit("/tests/", 1)[0]
+FLAGFILES = sorted(__import__("glob").glob(ROOT + "/experiments/**/*.flags", recursive=True))
+
+
+@pytest.mark.parametrize("flagfile", [f[len(ROOT) + 1 :] for f in FLAGFILES])
+def test_every_experiment_flagfile_parses_and_validates(parsed, flagfile, monkeypatch):
+    monkeypatch.chdir(ROOT)  # flagfiles include each other by paths relative to the repository root
     parsed(f"--flagfile={flagfile}")
     ffsd_flags.validate()
     from ffsd_tf.networks import available
