@@ -345,7 +345,7 @@ def _load_data(run_dir: str, meta: dict, input_shape):
     flags = _read_flagfile(os.path.join(run_dir, "flags.txt"))
     accepted = inspect.signature(load_dataset).parameters
     kwargs = {"data_dir": meta.get("data_dir") or flags.get("data_dir") or None}
-    for key in ("seed", "synthetic_classes", "synthetic_train", "synthetic_test", "image_size"):
+    for key in ("seed", "synthetic_classes", "synthetic_train", "synthetic_test", "image_size", "train_subset", "test_subset"):
         if key in flags and key in accepted:
             kwargs[key] = int(flags[key])
     if "synthetic_classes" in accepted and "synthetic_classes" not in kwargs:

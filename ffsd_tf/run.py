@@ -122,6 +122,7 @@ def results_table(results: dict) -> str:
 
 def train() -> dict:
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from ffsd_tf import callbacks, rundir
@@ -200,8 +201,16 @@ def train() -> dict:
             callbacks.EpochCheckpoint(ckpt_dir, checkpoint, FLAGS.keep_checkpoints, history, chief=chief),
         ]
         if chief:
+            from ffsd_tf.visualize import AttentionImages, sample_images
+
+            if hasattr(bundle, "x_test"):  # in-memory datasets: 8 class-balanced test images
+                pixels, _ = sample_images(bundle, 8)
+            else:  # streamed (ImageNet): the first 8 validation images
+                pixels = np.stack([x for x, _ in bundle.raw("test").take(8).as_numpy_iterator()])
             cbs += [
                 callbacks.PerModelTensorBoard(os.path.join(out, "tensorboard")),
+                AttentionImages(bundle.normalize(pixels).numpy(), os.path.join(out, "tensorboard", "attention"),
+                                every=FLAGS.eval_every, pixels=pixels),
                 callbacks.CompactProgress(epochs, steps, FLAGS.verbose),
             ]
         try:

@@ -127,7 +127,7 @@ def display_pixels(images, pixels=None) -> np.ndarray:
     """What the image column shows, float32 [N, H, W, 3] in [0, 1]: ``pixels`` (uint8) when given,
     else the network inputs min-max rescaled per image."""
     if pixels is not None:
-        shown = minmax(np.asarray(images, np.float32), axes=(1, 2, 3))
+        shown = np.asarray(pixels, np.float32) / 255.0
     else:
         shown = minmax(np.asarray(images, np.float32), axes=(1, 2, 3))
     if shown.shape[-1] == 1:
