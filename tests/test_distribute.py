@@ -229,7 +229,7 @@ def test_multi_worker_cli_only_chief_writes(tmp_path):
     # output_dir holds exactly one run: the chief's files, nothing else.
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     events = [f for f in files if f.startswith("tensorboard/")]
-    assert sorted(f.split("/")[1] for f in events) == ["train", "validation"], events
+    assert sorted(f.split("/")[1] for f in events) == ["attention", "train", "validation"], events
     assert all(f".{chief_pid}." in f for f in events), (events, chief_pid)  # written by the chief process
     expected = {
         "config.json", "flags.txt", "history.json", "results.json", "results.md", "checkpoints/checkpoint",
