@@ -11,11 +11,12 @@ before anything is written.
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+
+from ffsd_tf.cli import fail, flags_parser  # noqa: E402
 
 FLAGS = flags.FLAGS
 FORMATS = ("savedmodel", "fp32", "fp16", "dynamic", "int8")  # = export.ALL_FORMATS (no TF import here)
@@ -31,21 +32,6 @@ flags.DEFINE_integer("latency_repeats", 10,
                      "Timed calls per format at batch 1 (half as many, at least 3, at batch 32).", lower_bound=1)
 
 USAGE = "usage: python -m export RUN_DIR_OR_CHECKPOINT [--export_dir=DIR] [--version=N] [--formats=a,b]"
-
-
-def fail(message: str, code: int = 2):
-    """One line on stderr, exit code 2, no traceback."""
-    message = " ".join(str(message).split())
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-    sys.exit(code)
-
-
-def flags_parser(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        fail(f"{e}; see --helpfull")
 
 
 def quiet_imports():
@@ -97,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags_parser)
+    app.run(main, flags_parser=flags_parser(FLAGS))

@@ -66,6 +66,9 @@ import sys
 import numpy as np
 from absl import flags
 
+from ffsd_tf.atomic import write_text_atomic
+from ffsd_tf.cli import fail
+
 # File names of a run directory (= ffsd_tf.rundir's; not imported so that a report without
 # --cosine does not load TensorFlow).
 CONFIG = "config.json"
@@ -590,13 +593,6 @@ RENDER = {"md": to_markdown, "json": to_json, "csv": to_csv}
 
 
 # ---------------------------------------------------------------------------------- CLI
-def fail(message: str, code: int = 2):
-    """One line on stderr, a non-zero exit, no traceback."""
-    sys.stderr.write("error: " + " ".join(str(message).split()) + "\n")
-    sys.stderr.flush()
-    sys.exit(code)
-
-
 def check_output_path(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
@@ -605,26 +601,6 @@ def check_output_path(path: str) -> None:
         raise ReportError(f"--output={path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise ReportError(f"--output={path}: directory {directory} is not writable")
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 -> the usual permissions
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,7 @@ import_tensorflow_quietly()
 from absl import app, flags, logging  # noqa: E402
 
 from ffsd_tf import flags as ffsd_flags  # noqa: E402  (defines the flags)
+from ffsd_tf.cli import fail, flags_parser  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -32,25 +33,10 @@ class UsageError(ValueError):
     pass
 
 
-def fail(message: str, code: int = 2):
-    """One line on stderr, a non-zero exit, no traceback."""
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-    sys.exit(code)
-
-
-def flags_parser(argv):
-    """absl's parser, but an unknown or malformed flag is one line and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        fail(f"{e}; see --helpfull")
-
-
 def effective_flags_text() -> str:
     """The flags of this run as a flagfile (every ffsd flag, defaults included)."""
     module = sys.modules[ffsd_flags.__name__]
-    lines = [f"# Effective flags of this run; replay with --flagfile=<this file>."]
+    lines = ["# Effective flags of this run; replay with --flagfile=<this file>."]
     for flag in sorted(FLAGS.get_flags_for_module(module), key=lambda f: f.name):
         if flag.value is None:
             continue
@@ -335,4 +321,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags_parser)
+    app.run(main, flags_parser=flags_parser())

@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 
 import tensorflow as tf
 
+from ffsd_tf.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401
 from ffsd_tf.trainer import FFSD, FFSDConfig
 
 CONFIG = "config.json"
@@ -32,26 +32,6 @@ CHECKPOINTS = "checkpoints"
 
 class RunDirError(ValueError):
     """A run directory that cannot be used as asked; the message is one actionable line."""
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes to a temporary file in the same directory, fsyncs, then renames over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str):

@@ -30,11 +30,12 @@ import dataclasses
 import io
 import os
 import sys
-import tempfile
 
 import numpy as np
 from absl import flags
 
+from ffsd_tf.atomic import write_bytes_atomic
+from ffsd_tf.cli import fail
 from ffsd_tf.quiet import import_tensorflow_quietly
 
 tf = import_tensorflow_quietly()
@@ -398,28 +399,6 @@ class VisualizeError(ValueError):
     """Input the visualiser cannot use; the message is one actionable line."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_bytes_atomic(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def visualize_run(run_dir: str, images: int = 8, output_dir: str | None = None, split: str = "test",
                   panel: int = DEFAULT_PANEL) -> dict:
     """Writes ``attention.png`` and ``curves.png`` of a run; returns their paths and the attention
@@ -478,8 +457,8 @@ def visualize_run(run_dir: str, images: int = 8, output_dir: str | None = None, 
 
     os.makedirs(output_dir, exist_ok=True)
     paths = {"attention": os.path.join(output_dir, "attention.png"), "curves": os.path.join(output_dir, "curves.png")}
-    _write_bytes_atomic(paths["attention"], attention_png)
-    _write_bytes_atomic(paths["curves"], curves_png)
+    write_bytes_atomic(paths["attention"], attention_png)
+    write_bytes_atomic(paths["curves"], curves_png)
     return {**paths, "boxes": boxes, "layout": layout, "grid": grid, "checkpoint": ckpt, "labels": labels}
 
 
@@ -493,12 +472,6 @@ flags.DEFINE_integer("panel", DEFAULT_PANEL, "Size in pixels of one panel of the
                      lower_bound=8, upper_bound=512, flag_values=_FLAGS)
 
 USAGE = "usage: python -m ffsd_tf.visualize RUN_DIR [--images=8] [--output_dir=RUN_DIR/figures] [--split=test]"
-
-
-def fail(message: str, code: int = 2):
-    sys.stderr.write("error: " + " ".join(str(message).split()) + "\n")
-    sys.stderr.flush()
-    sys.exit(code)
 
 
 def main(argv=None) -> int:

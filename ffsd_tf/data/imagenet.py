@@ -44,7 +44,6 @@ Determinism of ``train_stream`` (epoch ``e``, seed ``s``):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import sys

@@ -1,0 +1,31 @@
+"""What every command-line tool shares: one-line errors and strict flag parsing.
+
+A bad argument ends a tool with ``error: <one line>`` on stderr, a non-zero exit code and no
+traceback; unknown flags (also in flagfiles) are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+
+def fail(message: str, code: int = 2):
+    """One line on stderr, exit ``code``, no traceback."""
+    message = " ".join(str(message).split())
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def flags_parser(flag_values: flags.FlagValues = flags.FLAGS, hint: str = "see --helpfull"):
+    """An absl ``flags_parser`` whose unknown or malformed flags are one line and exit code 2."""
+
+    def parse(argv):
+        try:
+            return flag_values(argv)
+        except flags.Error as e:
+            fail(f"{e}; {hint}")
+
+    return parse
