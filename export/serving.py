@@ -97,9 +97,19 @@ class LeaderServing(tf.Module):
             return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
 
         def outputs(images):
-            # Runtime check: TF Serving and loaded signatures feed the graph without checking shapes.
+            # Runtime checks: TF Serving and loaded signatures feed the graph without checking shapes
+            # or values. NaN/Inf pixels are refused (400 INVALID_ARGUMENT), other floats saturate to
+            # 0..255 (so no finite input can overflow inside the network), and an empty batch gets
+            # empty outputs without running the network (oneDNN's convolution fails on it).
             images = tf.ensure_shape(images, shape)
-            probs = probabilities(images)
+            if images.dtype.is_floating:
+                images = tf.debugging.check_numerics(images, "images must be finite pixel values 0..255")
+                images = tf.clip_by_value(images, 0.0, 255.0)
+            probs = tf.cond(
+                tf.shape(images)[0] > 0,
+                lambda: probabilities(images),
+                lambda: tf.zeros([0, int(num_classes)], tf.float32),
+            )
             scores, classes = tf.math.top_k(probs, k=k)
             return {
                 "probabilities": tf.identity(probs, name="probabilities"),

@@ -110,6 +110,7 @@ class TFLiteClassifier:
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.image_shape = tuple(int(d) for d in self.input["shape_signature"][1:])
+        self.num_classes = int(self.output["shape_signature"][-1])
         self._batch = None
 
     def describe(self) -> dict:
@@ -136,19 +137,34 @@ class TFLiteClassifier:
         scale, zero_point = self.output["quantization"]
         return (values.astype(np.float32) - zero_point) * scale
 
-    def invoke(self, pixels: np.ndarray) -> np.ndarray:
-        """One batch: ``pixels [B, H, W, C]`` -> probabilities ``[B, K]``."""
+    def check_pixels(self, pixels) -> np.ndarray:
+        """``pixels`` as float64 ``[B, H, W, C]`` saturated to 0..255; ValueError for another shape, a
+        non-numeric dtype or NaN/Inf (the files do not check values: NaN in, NaN out)."""
         pixels = np.asarray(pixels)
-        if pixels.ndim != 4:
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != self.image_shape:
             expected = ", ".join(map(str, self.image_shape))
             raise ValueError(f"expected pixels of shape [batch, {expected}], got {list(pixels.shape)}")
+        if pixels.dtype.kind not in "biuf":
+            raise ValueError(f"expected numeric pixels 0..255, got dtype {pixels.dtype}")
+        pixels = pixels.astype(np.float64)
+        if not np.isfinite(pixels).all():
+            raise ValueError("pixels must be finite values 0..255, got NaN or Inf")
+        return np.clip(pixels, 0.0, 255.0)
+
+    def invoke(self, pixels: np.ndarray) -> np.ndarray:
+        """One batch: ``pixels [B, H, W, C]`` -> probabilities ``[B, K]`` (``[0, K]`` for no images)."""
+        pixels = self.check_pixels(pixels)
+        if len(pixels) == 0:  # the XNNPACK delegate cannot reshape to an empty batch
+            return np.zeros((0, self.num_classes), np.float32)
         self._resize(pixels.shape[0])
         self.interpreter.set_tensor(self.input["index"], self.quantize_input(pixels))
         self.interpreter.invoke()
         return self.dequantize_output(self.interpreter.get_tensor(self.output["index"]))
 
     def predict(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        pixels = np.asarray(pixels)
+        pixels = self.check_pixels(pixels)
+        if len(pixels) == 0:
+            return self.invoke(pixels)
         return np.concatenate([self.invoke(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)])
 
 

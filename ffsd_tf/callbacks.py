@@ -50,8 +50,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     The checkpoint holds every network, every optimizer (so the LR schedule, a function of the
     optimizer's iteration count, comes back with it) and the epoch counter. The history is
-    rewritten atomically after the checkpoint, so it never lists an epoch that a resumed run
-    would redo. Only the chief keeps the history.
+    rewritten atomically *before* the checkpoint: a resumed run keeps only the entries up to the
+    epoch it restores, so a kill between the two writes drops an entry that will be redone
+    instead of losing one for good. Only the chief keeps the history.
     """
 
     def __init__(self, run_dir: str, checkpoint: tf.train.Checkpoint, keep: int, history: list, chief: bool = True):
@@ -64,12 +65,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-        # Every worker takes part in a save (variables may need collective reads); non-chief
-        # workers point run_dir at a scratch directory.
-        self.manager.save(checkpoint_number=epoch + 1)
         if self.chief:
             self.history.append(entry)
             rundir.write_json_atomic(os.path.join(self.run_dir, rundir.HISTORY), self.history)
+        # Every worker takes part in a save (variables may need collective reads); non-chief
+        # workers point run_dir at a scratch directory.
+        self.manager.save(checkpoint_number=epoch + 1)
 
 
 class PerModelTensorBoard(keras.callbacks.Callback):

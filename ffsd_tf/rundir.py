@@ -35,8 +35,13 @@ class RunDirError(ValueError):
 
 
 def read_json(path: str):
+    """The JSON in ``path``; a damaged file is a RunDirError (one line), not a traceback."""
     with open(path) as f:
-        return json.load(f)
+        text = f.read()
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise RunDirError(f"{path} is damaged ({e}); restore it or start a new --output_dir") from None
 
 
 def config_to_dict(config: FFSDConfig) -> dict:
@@ -52,7 +57,11 @@ def config_from_dict(d: dict) -> FFSDConfig:
 
 
 def has_checkpoint(run_dir: str) -> bool:
-    return tf.train.latest_checkpoint(os.path.join(run_dir, CHECKPOINTS)) is not None
+    """Whether ``checkpoints/checkpoint`` lists a checkpoint, readable or not: ``restore_latest_good``
+    then restores the newest readable one or fails. (``tf.train.latest_checkpoint`` says None when
+    the newest listed one is missing, and the run would silently start over on top of the others.)"""
+    state = tf.train.get_checkpoint_state(os.path.join(run_dir, CHECKPOINTS))
+    return state is not None and bool(state.model_checkpoint_path or state.all_model_checkpoint_paths)
 
 
 def check_compatible(run_dir: str, config: FFSDConfig, dataset: str) -> None:
@@ -101,7 +110,11 @@ def load_config(run_dir: str) -> tuple[FFSDConfig, dict]:
     if not os.path.exists(path):
         raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG}); pass the --output_dir of a training run")
     saved = read_json(path)
-    return config_from_dict(saved["model"]), saved["dataset"]
+    try:
+        return config_from_dict(saved["model"]), saved["dataset"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunDirError(f"{path} does not describe an FFSD run ({type(e).__name__}: {e}); "
+                          "restore it or pass another run directory") from None
 
 
 def checkpoint_for(model: FFSD, with_optimizers: bool = True) -> tf.train.Checkpoint:

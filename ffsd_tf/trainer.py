@@ -400,6 +400,12 @@ class FFSD(keras.Model):
             return
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    def _get_metrics_result_or_logs(self, logs):
+        # Our steps already return running means. Keras would replace them with
+        # get_metrics_result() whenever the key sets match (n = 1: every eval name is also a train
+        # name), and that dict, keyed by name, holds the other phase's (reset) trackers.
+        return logs
+
     def _step_logs(self, logs):
         # Keras averages a step's logs across workers with reduce(MEAN, axis=0), which rejects
         # scalars (keras-team/keras#20585).

@@ -275,3 +275,15 @@ def test_fit_learns_a_learnable_task(jit):
         assert hist[key][-1] < hist[key][0] * 0.7, (key, hist[key])
     assert after["leader/loss"] < before["leader/loss"]
     assert after["leader/acc"] > 0.6, after
+
+
+def test_fit_logs_train_metrics_with_a_single_student(rng):
+    """n = 1: every eval metric name is also a train metric name; fit must still log train values."""
+    import keras
+
+    model = FFSD(FFSDConfig(num_students=1, **TINY))
+    model.compile({r: keras.optimizers.SGD(0.01) for r in model.active_roles})
+    images, labels = batch(rng, n=16)
+    hist = model.fit(images, labels, batch_size=8, epochs=1, verbose=0, validation_data=(images, labels)).history
+    assert hist["student1/ce"][0] > 0 and hist["leader/ce"][0] > 0 and hist["loss"][0] > 0
+    assert "val_leader/acc" in hist
