@@ -29,3 +29,17 @@ def flags_parser(flag_values: flags.FlagValues = flags.FLAGS, hint: str = "see -
             fail(f"{e}; {hint}")
 
     return parse
+
+
+def parse_args(flag_values: flags.FlagValues, argv, doc: str, usage: str):
+    """Positional arguments of a tool with its own ``FlagValues``; prints help and returns None
+    for ``-h``/``--help``; a bad flag is one line and exit code 2."""
+    if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
+        print(doc)
+        print(usage)
+        print(flag_values.get_help())
+        return None
+    try:
+        return flag_values(list(argv))[1:]
+    except flags.Error as e:
+        fail(f"{e}; {usage}")

@@ -67,7 +67,7 @@ import numpy as np
 from absl import flags
 
 from ffsd_tf.atomic import write_text_atomic
-from ffsd_tf.cli import fail
+from ffsd_tf.cli import fail, parse_args
 
 # File names of a run directory (= ffsd_tf.rundir's; not imported so that a report without
 # --cosine does not load TensorFlow).
@@ -604,16 +604,9 @@ def check_output_path(path: str) -> None:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
-        print(__doc__)
-        print(USAGE)
-        print(_FLAGS.get_help())
+    args = parse_args(_FLAGS, list(sys.argv if argv is None else argv), __doc__, USAGE)
+    if args is None:
         return 0
-    try:
-        args = _FLAGS(argv)[1:]
-    except flags.Error as e:
-        fail(f"{e}; {USAGE}")
     try:
         if _FLAGS.output:
             check_output_path(_FLAGS.output)

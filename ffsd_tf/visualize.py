@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags
 
 from ffsd_tf.atomic import write_bytes_atomic
-from ffsd_tf.cli import fail
+from ffsd_tf.cli import fail, parse_args
 from ffsd_tf.quiet import import_tensorflow_quietly
 
 tf = import_tensorflow_quietly()
@@ -475,16 +475,9 @@ USAGE = "usage: python -m ffsd_tf.visualize RUN_DIR [--images=8] [--output_dir=R
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
-        print(__doc__)
-        print(USAGE)
-        print(_FLAGS.get_help())
+    args = parse_args(_FLAGS, list(sys.argv if argv is None else argv), __doc__, USAGE)
+    if args is None:
         return 0
-    try:
-        args = _FLAGS(argv)[1:]
-    except flags.Error as e:
-        fail(f"{e}; {USAGE}")
     if len(args) != 1:
         fail(USAGE if not args else f"one run directory expected, got {len(args)}; {USAGE}")
     tf.get_logger().setLevel("ERROR")

@@ -51,6 +51,7 @@ import sys
 import tensorflow as tf
 
 from ffsd_tf.data.idx import DataError
+from ffsd_tf.data.sources import _why
 
 NAME = "imagenet2012"
 NUM_CLASSES = 1000
@@ -67,18 +68,13 @@ SHUFFLE_BUFFER = 10_000  # encoded JPEGs (~110 kB each): about 1 GB of host memo
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _why(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
 def open_builder(data_dir: str | None):
     """The prepared tfds ``imagenet2012`` builder in ``data_dir``, preparing it from the manual archives if needed.
 
     Raises DataError (one line, within seconds, never touching the network) when it is neither
     prepared nor preparable.
     """
-    from ffsd_tf.data.sources import tfds_data_dir
+    from ffsd_tf.data.sources import prepare_offline, tfds_data_dir
 
     try:
         import tensorflow_datasets as tfds
@@ -101,18 +97,8 @@ def open_builder(data_dir: str | None):
                 f"(from https://image-net.org/download-images, registration required) in {manual_dir}"
             )
         print(f"{NAME}: preparing the tfds dataset in {root} from {manual_dir} (hours, ~150 GB) ...", file=sys.stderr)
-        config = tfds.download.DownloadConfig(
-            manual_dir=manual_dir,
-            try_download_gcs=False,
-            download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
-        )
-        try:
-            builder.download_and_prepare(download_config=config)
-        except Exception as e:  # corrupt or truncated archive, disk full ...
-            raise DataError(
-                f"{NAME}: preparing the tfds dataset from {manual_dir} failed ({_why(e)}); "
-                f"check {ARCHIVES[0]} and {ARCHIVES[1]} there"
-            ) from None
+        prepare_offline(builder, manual_dir, f"{NAME}: preparing the tfds dataset from {manual_dir}",
+                        f"check {ARCHIVES[0]} and {ARCHIVES[1]} there")
     known = set(builder.info.splits.keys()) if builder.info.splits else set()
     absent = [s for s in (TRAIN_SPLIT, TEST_SPLIT) if known and s not in known]
     if absent:

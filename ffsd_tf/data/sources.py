@@ -234,22 +234,8 @@ def load_tfds(name: str, data_dir: str | None, archive: str, url: str, num_class
                 f"(no network here): download {url} and put it at {archive_path} (the file {archive} in "
                 f"{manual_dir}), or pass --data_dir=<an .npz with x_train, y_train, x_test, y_test>"
             )
-        config = tfds.download.DownloadConfig(
-            manual_dir=manual_dir,
-            try_download_gcs=False,
-            download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
-        )
-        try:
-            builder.download_and_prepare(download_config=config)
-        except Exception as e:  # wrong checksum, corrupt archive, disk full ...
-            if type(e).__name__ == "NonMatchingChecksumError":
-                why = "its checksum is not the official archive's"
-            else:
-                why = _why(e)
-            raise DataError(
-                f"{name}: preparing the tfds dataset from {archive_path} failed ({why}); "
-                f"replace it with the official {url}"
-            ) from None
+        prepare_offline(builder, manual_dir, f"{name}: preparing the tfds dataset from {archive_path}",
+                        f"replace it with the official {url}")
     x_train, y_train = _tfds_to_numpy(builder, "train")
     x_test, y_test = _tfds_to_numpy(builder, "test")
     names = list(builder.info.features["label"].names)
@@ -257,6 +243,26 @@ def load_tfds(name: str, data_dir: str | None, archive: str, url: str, num_class
         names = list(fallback_names)  # an unprepared/mocked builder only knows "0", "1", ...
     source = Source(name, num_classes, x_train, y_train, x_test, y_test, mean, std, names, origin=builder.data_dir)
     return source.validated()
+
+
+def prepare_offline(builder, manual_dir: str, what: str, fix: str) -> None:
+    """Prepares a tfds dataset from archives already in ``manual_dir``; never downloads.
+
+    Any failure (wrong checksum, corrupt archive, disk full) is one DataError line:
+    ``<what> failed (<why>); <fix>``.
+    """
+    import tensorflow_datasets as tfds
+
+    config = tfds.download.DownloadConfig(
+        manual_dir=manual_dir,
+        try_download_gcs=False,
+        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+    )
+    try:
+        builder.download_and_prepare(download_config=config)
+    except Exception as e:  # noqa: BLE001 - every cause becomes one line for the user
+        why = "its checksum is not the official archive's" if type(e).__name__ == "NonMatchingChecksumError" else _why(e)
+        raise DataError(f"{what} failed ({why}); {fix}") from None
 
 
 def load_cifar100(data_dir: str | None = None, **_) -> Source:
