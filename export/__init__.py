@@ -9,9 +9,10 @@
       tflite/leader_{fp32,fp16,dynamic,int8}.tflite     see ``export.tflite``
       report.json, report.md         sizes, parameters, accuracy, agreement with Keras, latency
 
-A version is built in ``<export_dir>/.tmp-<version>-<random>/`` and renamed to
+A version is built in ``<export_dir>/.tmp-<version>-<pid>@<host>-<random>/`` and renamed to
 ``<export_dir>/<version>/`` only when every file and the report are written; on any error the
-temporary directory is removed. An existing version is never replaced. ``docs/serving.md`` says
+temporary directory is removed, and one left by a killed export (its process no longer runs on
+this host) is removed by the next export. An existing version is never replaced. ``docs/serving.md`` says
 how to serve and run the files.
 
 API: ``export_leader`` (a Keras leader + arrays) and ``export_run`` (a run directory or checkpoint
@@ -26,6 +27,7 @@ import os
 import platform
 import secrets
 import shutil
+import socket
 from typing import Sequence
 
 import numpy as np
@@ -88,11 +90,50 @@ def _check_images(name: str, images, image_shape) -> np.ndarray:
     return images
 
 
+def _temp_owner() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(export_dir: str) -> list[str]:
+    """Removes the ``.tmp-*`` folders that killed exports left in ``export_dir``; returns their names.
+
+    Only folders whose owner (``<pid>@<host>`` in the name) is this host and no longer runs are
+    removed: an export in progress, here or on another host sharing the folder, is left alone.
+    """
+    removed = []
+    host = socket.gethostname()
+    try:
+        names = os.listdir(export_dir)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(".tmp-"):
+            continue
+        parts = name[len(".tmp-"):].split("-", 1)
+        owner = parts[1].rsplit("-", 1)[0] if len(parts) == 2 and "-" in parts[1] else ""
+        pid, _, owner_host = owner.partition("@")
+        if not pid.isdigit() or owner_host != host or _process_alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
 def _make_temp_dir(export_dir: str, version: int) -> str:
-    """``<export_dir>/.tmp-<version>-<random>`` with the usual permissions (umask), unlike mkdtemp's 0700:
-    the directory becomes the version that TF Serving, maybe another user, reads."""
+    """``<export_dir>/.tmp-<version>-<pid>@<host>-<random>`` with the usual permissions (umask), unlike
+    mkdtemp's 0700: the directory becomes the version that TF Serving, maybe another user, reads."""
     while True:
-        path = os.path.join(export_dir, f".tmp-{version}-{secrets.token_hex(4)}")
+        path = os.path.join(export_dir, f".tmp-{version}-{_temp_owner()}-{secrets.token_hex(4)}")
         try:
             os.mkdir(path)
             return path
@@ -174,6 +215,7 @@ def export_leader(
     version = resolve_version(export_dir, version)
     created = not os.path.isdir(export_dir)
     os.makedirs(export_dir, exist_ok=True)
+    remove_stale_temp_dirs(export_dir)
     tmp = _make_temp_dir(export_dir, version)
     try:
         report = _build(

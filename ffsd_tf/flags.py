@@ -12,7 +12,7 @@ from absl import flags
 from ffsd_tf.data import DATASETS
 from ffsd_tf.distribute import PRECISIONS, STRATEGIES
 from ffsd_tf.networks import available as available_networks
-from ffsd_tf.trainer import DIVERSITY_MODES, LOSS_WEIGHTS, PAPER_LOSS_WEIGHTS, SD_MODES, loss_weight_schedules
+from ffsd_tf.trainer import DIVERSITY_MODES, LOSS_WEIGHTS, PAPER_LOSS_WEIGHTS, SD_MODES, TEACHER_LOSSES, loss_weight_schedules
 
 FLAGS = flags.FLAGS
 
@@ -40,6 +40,9 @@ flags.DEFINE_bool("fusion", True, "Fusion module (Eqs. 4-5). Off = the leader di
 flags.DEFINE_enum("diversity", "attention", DIVERSITY_MODES, "Diversity: attention (Eqs. 8-11), l2 (Eq. 6), none.")
 flags.DEFINE_enum("self_distillation", "both", SD_MODES, "Which self-distillation decoders to train (Table VI).")
 flags.DEFINE_float("temperature", 2.0, "Distillation temperature T.")
+flags.DEFINE_string("teacher_run", None, "Run directory of a trained network to distil offline into the common students "
+                    "(Table II's KD / AT; needs --noleader): its leader, or its student1 if it had none.")
+flags.DEFINE_enum("teacher_loss", "kd", TEACHER_LOSSES, "With --teacher_run: kd (Hinton), at (attention transfer) or kd_at.")
 
 # Loss weights: value * schedule(epoch) -------------------------------------------------------
 _WEIGHT_HELP = {
@@ -49,6 +52,8 @@ _WEIGHT_HELP = {
     "diversity": "lambda_div: diversity and its self-distillation (Eqs. 9, 11)",
     "fusion": "lambda_fea: leader feature terms, Eq. 5 and (as coded) Eq. 13",
     "self_distillation": "lambda_sd: the decoders' own loss (Eq. 10)",
+    "teacher_kd": "T^2 KL of each common student to the --teacher_run network (KD)",
+    "teacher_at": "attention transfer from the --teacher_run network (AT: beta/2)",
 }
 for _key, (_value, _schedule) in PAPER_LOSS_WEIGHTS.items():
     flags.DEFINE_float(f"lambda_{_key}", _value, f"Weight of the {_WEIGHT_HELP[_key]}.")
@@ -146,5 +151,7 @@ def validate(num_replicas: int = 1) -> None:
         raise FlagError(f"--batch_size={f.batch_size} is not divisible by the {num_replicas} replicas; use a multiple")
     if not f.leader and f.self_distillation == "leader":
         raise FlagError("--self_distillation=leader needs a leader; drop --noleader or choose students/none")
+    if f.teacher_run is not None and f.leader:
+        raise FlagError("--teacher_run distils a fixed teacher into the common students only; add --noleader")
     if f.leader and not f.fusion and f.self_distillation == "leader":
         raise FlagError("--self_distillation=leader distils the fused map, which needs --fusion")

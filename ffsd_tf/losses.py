@@ -89,3 +89,13 @@ def decoder_loss(decoded: list, real_features: list) -> tf.Tensor:
     return tf.add_n(
         [normalized_mse(s, f) + attention_loss(s, f) for s, f in zip(decoded, real_features)]
     )
+
+
+def attention_transfer_loss(features: list, teacher_features: list) -> tf.Tensor:
+    """Attention transfer (Zagoruyko & Komodakis, the paper's [9]; Table II's AT row).
+
+    ``sum_m mean((n(A(F^m)) - n(A(F_T^m)))^2)`` over the M stage outputs, with the same attention
+    map and normalisation as Eq. (7) (channel mean of F^2, the reference code's ``at``), the
+    teacher's maps stop-gradiented. Their beta/2 (= 500) is the loss weight ``teacher_at``.
+    """
+    return tf.add_n([attention_loss(f, tf.stop_gradient(g)) for f, g in zip(features, teacher_features)])

@@ -83,6 +83,7 @@ MODEL_LABELS = {
     "ens_any": "Ens (any student right)",
     "fusion": "Fusion classifier",
     "leader": "Leader",
+    "teacher": "Teacher (fixed)",
 }
 # Flags that do not change what is trained (or that identify the run): never reported as differing.
 IGNORED_FLAGS = {
@@ -190,6 +191,10 @@ def method_label(model: dict) -> str:
     leader, fusion = model.get("leader", True), model.get("fusion", True)
     mutual, diversity = model.get("mutual_learning", True), model.get("diversity", "attention")
     sd = model.get("self_distillation", "both")
+    if model.get("teacher"):
+        offline = {"kd": "KD", "at": "AT", "kd_at": "KD + AT"}[model.get("teacher_loss", "kd")]
+        online = "" if not mutual or model.get("num_students", 1) < 2 else " + DML"
+        return f"{offline}{online} from {model['teacher']}"
     if not leader:
         if not mutual and diversity == "none":
             return "CE baseline"

@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 
 # Rows of the results table: (metric prefix, label).
 TABLE_ROWS = [("leader", "Leader"), ("fusion", "Fusion classifier"), ("students_mean", "Students' mean"),
-              ("ensemble", "Softmax ensemble"), ("ens_any", "Ens (any student right)")]
+              ("ensemble", "Softmax ensemble"), ("ens_any", "Ens (any student right)"), ("teacher", "Teacher (fixed)")]
 
 
 class UsageError(ValueError):
@@ -157,6 +157,10 @@ def train() -> dict:
 
     steps = FLAGS.steps_per_epoch or bundle.steps_per_epoch
     model = build_model(config, steps, strategy)
+    if config.teacher is not None:
+        teacher_ckpt = rundir.load_teacher(model, FLAGS.teacher_run, FLAGS.dataset)
+        if chief:
+            print(f"Teacher: {config.teacher} from {teacher_ckpt} ({config.teacher_loss})")
     checkpoint = rundir.checkpoint_for(model)
 
     history: list[dict] = []
@@ -228,7 +232,8 @@ def train() -> dict:
     table = results_table(results["accuracy"])
     rundir.write_text_atomic(
         os.path.join(out, "results.md"),
-        f"# {config.model} on {bundle.name}, {config.num_students} common students, {epochs} epochs\n\n{table}",
+        f"# {config.model} on {bundle.name}, {config.num_students} common student{'s' * (config.num_students != 1)}, "
+        f"{epochs} epochs\n\n{table}",
     )
     print(f"\nResults ({out}/results.md):\n\n{table}")
 
@@ -245,8 +250,13 @@ def train() -> dict:
 
 def config_from_flags(bundle):
     """The cohort the flags describe, for the loaded dataset."""
+    from ffsd_tf import rundir
     from ffsd_tf.trainer import FFSDConfig
 
+    teacher = None
+    if FLAGS.teacher_run is not None:
+        teacher_config, _ = rundir.load_config(FLAGS.teacher_run)
+        teacher = teacher_config.model
     return FFSDConfig(
         model=FLAGS.model,
         num_classes=bundle.num_classes,
@@ -259,6 +269,8 @@ def config_from_flags(bundle):
         diversity=FLAGS.diversity,
         self_distillation=FLAGS.self_distillation,
         sync_batchnorm=FLAGS.sync_batchnorm,
+        teacher=teacher,
+        teacher_loss=FLAGS.teacher_loss,
     )
 
 

@@ -156,3 +156,26 @@ def restore_model(path: str) -> tuple[FFSD, dict, str]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunDirError(f"checkpoint {ckpt} does not match {run_dir}/{CONFIG}: {first[:200]}") from None
     return model, dataset, ckpt
+
+
+def load_teacher(model: FFSD, run_dir: str, dataset: str) -> str:
+    """Copies the deployable network of the run in ``run_dir`` (its leader, or its student1 when
+    it had none) into ``model.teacher``; returns the checkpoint read.
+
+    The teacher must have been trained on the same dataset, classes and input shape, and be the
+    backbone ``model.config.teacher`` names (``config_from_flags`` reads it from the same run).
+    """
+    teacher_run, meta, ckpt = restore_model(run_dir)
+    tc, mc = teacher_run.config, model.config
+    if meta.get("name") != dataset:
+        raise RunDirError(f"--teacher_run={run_dir} was trained on {meta.get('name')!r}, this run is on {dataset!r}; "
+                          "train a teacher on this dataset")
+    if (tc.num_classes, tuple(tc.input_shape)) != (mc.num_classes, tuple(mc.input_shape)):
+        raise RunDirError(f"--teacher_run={run_dir} has {tc.num_classes} classes at {tuple(tc.input_shape)}, this run "
+                          f"{mc.num_classes} at {tuple(mc.input_shape)}; train a teacher with the same data flags")
+    if tc.model != mc.teacher:
+        raise RunDirError(f"--teacher_run={run_dir} holds a {tc.model}, the checkpoint being resumed a {mc.teacher} "
+                          "teacher; use the original --teacher_run or another --output_dir")
+    source = teacher_run.leader if teacher_run.leader is not None else teacher_run.common_students[0]
+    model.teacher.set_weights(source.get_weights())
+    return ckpt

@@ -30,6 +30,11 @@ Losses per network, as coded by the authors (see ``docs/paper_vs_code.md``):
                              + shallow terms vs the leader decoder's output of F_f] (Eq. 13)
 * decoder:     w_sd * Eq. (10) on its own network's maps
 
+An optional fixed **teacher** (a trained network loaded from another run, Table II's offline KD
+and AT rows) adds to every common student ``w_teacher_kd * T^2 KL(p_T || p_i)`` (Hinton et al.)
+and/or ``w_teacher_at * sum_m A-loss(F_i^m, F_T^m)`` (attention transfer, Zagoruyko and
+Komodakis). The teacher runs in inference mode, has no trainable variables and no optimizer.
+
 The ``w_*`` are loss-weight schedules of the epoch (the paper's warm-up is one; defaults in
 ``PAPER_LOSS_WEIGHTS``), held in non-trainable variables that ``set_epoch`` updates (the
 ``LossWeightScheduler`` callback calls it at the start of every epoch).
@@ -53,6 +58,7 @@ from ffsd_tf.self_distillation import build_sd_decoder
 
 DIVERSITY_MODES = ("attention", "l2", "none")
 SD_MODES = ("both", "students", "leader", "none")
+TEACHER_LOSSES = ("kd", "at", "kd_at")
 ROLES = ("students", "leader", "fusion", "decoders")
 # The authors' loss weights: (value, schedule of the 1-based epoch). Every one is a flag.
 PAPER_LOSS_WEIGHTS = {
@@ -62,6 +68,10 @@ PAPER_LOSS_WEIGHTS = {
     "diversity": (1e-5, "exp_warmup:5"),  # lambda_div: Eqs. 9 and 11
     "fusion": (10.0, "exp_warmup:5"),  # lambda_fea: Eq. 5 and, as coded, Eq. 13
     "self_distillation": (1000.0, "exp_warmup:5"),  # lambda_sd: the decoders' own loss, Eq. 10
+    # Offline baselines of Table II (used only with a teacher): Hinton's T^2 KL, and attention
+    # transfer with Zagoruyko & Komodakis' beta/2 = 1000/2 on the mean-squared A-loss.
+    "teacher_kd": (1.0, "constant"),
+    "teacher_at": (500.0, "constant"),
 }
 LOSS_WEIGHTS = tuple(PAPER_LOSS_WEIGHTS)
 
@@ -90,6 +100,9 @@ class FFSDConfig:
     * ``diversity``: "attention" (Eqs. 8-9, 11), "l2" (Eq. 6 over the M maps), "none" (DML).
     * ``self_distillation``: which decoders exist: "both", "students", "leader" or "none"
       (Table VI). Student decoders need attention diversity and n >= 2; the leader's needs fusion.
+    * ``teacher``: the backbone of a fixed, trained teacher distilled offline into every common
+      student (``teacher_loss``: "kd", "at" or "kd_at"); needs ``leader=False``. Its weights
+      come from another run (``rundir.load_teacher``) and are checkpointed with this run.
     """
 
     model: str = "resnet32"
@@ -103,6 +116,8 @@ class FFSDConfig:
     diversity: str = "attention"
     self_distillation: str = "both"
     sync_batchnorm: bool = False
+    teacher: str | None = None
+    teacher_loss: str = "kd"
 
     def __post_init__(self):
         if self.num_students < 1:
@@ -115,6 +130,10 @@ class FFSDConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.fusion and not self.leader:
             object.__setattr__(self, "fusion", False)
+        if self.teacher_loss not in TEACHER_LOSSES:
+            raise ValueError(f"teacher_loss must be one of {TEACHER_LOSSES}, got {self.teacher_loss!r}")
+        if self.teacher is not None and self.leader:
+            raise ValueError("an offline teacher is distilled into the common students only; use leader=False")
 
     @property
     def student_decoders(self) -> bool:
@@ -160,8 +179,8 @@ class FFSD(keras.Model):
         self._train_trackers, self._eval_trackers = self._make_trackers()
 
     def _build_cohort(self, config: FFSDConfig):
-        build = lambda name: build_network(  # noqa: E731
-            config.model, num_classes=config.num_classes, input_shape=config.input_shape, model_name=name
+        build = lambda name, backbone=config.model: build_network(  # noqa: E731
+            backbone, num_classes=config.num_classes, input_shape=config.input_shape, model_name=name
         )
         self.common_students = [build(student_name(i)) for i in range(config.num_students)]
         feature_shapes = [tuple(f.shape[1:]) for f in self.common_students[0].output["features"]]
@@ -178,6 +197,17 @@ class FFSD(keras.Model):
                 self.sd_decoders[student_name(i)] = build_sd_decoder(feature_shapes, name=f"sd_{student_name(i)}")
         if config.leader_decoder:
             self.sd_decoders["leader"] = build_sd_decoder(feature_shapes, name="sd_leader")
+        self.teacher = None
+        if config.teacher is not None:
+            self.teacher = build("teacher", config.teacher)
+            self.teacher.trainable = False
+            teacher_shapes = [tuple(f.shape[1:3]) for f in self.teacher.output["features"]]
+            student_shapes = [s[:2] for s in feature_shapes]
+            if "at" in config.teacher_loss.split("_") and teacher_shapes != student_shapes:
+                raise ValueError(
+                    f"attention transfer needs the teacher's feature maps at the students' sizes: teacher "
+                    f"{config.teacher} has {teacher_shapes}, {config.model} has {student_shapes}; use teacher_loss='kd'"
+                )
 
     # ------------------------------------------------------------------ structure
     @property
@@ -192,8 +222,10 @@ class FFSD(keras.Model):
 
     @property
     def networks(self) -> dict[str, keras.Model]:
-        """Every network by name: student1..n, leader, trans_fusion, fusion, sd_<owner>."""
+        """Every network by name: student1..n, leader, trans_fusion, fusion, sd_<owner>, teacher."""
         nets = {m.name: m for ms in self.role_models.values() for m in ms}
+        if self.teacher is not None:
+            nets["teacher"] = self.teacher
         return nets
 
     def role_variables(self, role: str) -> list:
@@ -272,6 +304,7 @@ class FFSD(keras.Model):
                 train.append(f"{s}/diversity")
             if i >= 1 and c.student_decoders:
                 train.append(f"{s}/sd_diversity")
+            train += [f"{s}/teacher_{k}" for k in self._teacher_terms]
             evaluation += [f"{s}/acc", f"{s}/loss"]
         if c.fusion:
             train += ["fusion/loss", "fusion/acc", "fusion/ce", "fusion/kl"]
@@ -283,6 +316,8 @@ class FFSD(keras.Model):
             if c.leader_decoder:
                 train.append("leader/sd")
             evaluation += ["leader/acc", "leader/loss"]
+        if c.teacher is not None:
+            evaluation += ["teacher/acc", "teacher/loss"]
         for owner in self.sd_decoders:
             train.append(f"sd_{owner}/loss")
         if c.num_students > 1:
@@ -290,6 +325,11 @@ class FFSD(keras.Model):
         train.append("loss")
         evaluation.append("loss")
         return {n: keras.metrics.Mean(name=n) for n in train}, {n: keras.metrics.Mean(name=n) for n in evaluation}
+
+    @property
+    def _teacher_terms(self) -> list[str]:
+        """The offline-teacher terms in use: "kd" and/or "at"."""
+        return self.config.teacher_loss.split("_") if self.config.teacher is not None else []
 
     @property
     def metrics(self):
@@ -312,6 +352,10 @@ class FFSD(keras.Model):
         outs = [s(images, training=training) for s in self.common_students]
         z = [o["logits"] for o in outs]
         feats = [o["features"] for o in outs]
+        if self.teacher is not None:  # fixed: inference mode, no gradient
+            teacher_out = self.teacher(images, training=False)
+            z_teacher = tf.stop_gradient(teacher_out["logits"])
+            f_teacher = [tf.stop_gradient(f) for f in teacher_out["features"]]
 
         # Common students (Eqs. 2, 9, 11, 12).
         for i in range(c.num_students):
@@ -342,6 +386,14 @@ class FFSD(keras.Model):
                 )
                 terms[f"{s}/diversity"] = div
                 total += w["diversity"] * div
+            if "kd" in self._teacher_terms:
+                kd = losses.distillation_kl(z[i], z_teacher, t)
+                terms[f"{s}/teacher_kd"] = kd
+                total += w["teacher_kd"] * kd
+            if "at" in self._teacher_terms:
+                at = losses.attention_transfer_loss(feats[i], f_teacher)
+                terms[f"{s}/teacher_at"] = at
+                total += w["teacher_at"] * at
             terms[f"{s}/loss"] = total
             role_loss["students"].append(total)
 
@@ -447,7 +499,10 @@ class FFSD(keras.Model):
         if self.leader is not None:
             logits["leader"] = self.leader(images, training=False)["logits"]
         terms = {f"{k}/loss": losses.cross_entropy(v, labels) for k, v in logits.items()}
-        terms["loss"] = tf.add_n(list(terms.values()))
+        terms["loss"] = tf.add_n(list(terms.values()))  # the trained models' CE sum
+        if self.teacher is not None:
+            logits["teacher"] = self.teacher(images, training=False)["logits"]
+            terms["teacher/loss"] = losses.cross_entropy(logits["teacher"], labels)
         return self._step_logs(self._update_trackers(self._eval_trackers, terms, logits, labels))
 
     def _update_trackers(self, trackers, terms, logits, labels):

@@ -99,10 +99,14 @@ class GridLayout:
 
 # ---------------------------------------------------------------------------------- maps
 def cohort_networks(model) -> list[tuple[str, keras.Model]]:
-    """(name, backbone) of every common student, then the leader when there is one."""
+    """(name, backbone) of every common student, then the leader when there is one, then an offline
+    teacher with as many stages (its attention beside the students' is what AT distils)."""
     nets = [(net.name, net) for net in model.common_students]
     if getattr(model, "leader", None) is not None:
         nets.append(("leader", model.leader))
+    teacher = getattr(model, "teacher", None)
+    if teacher is not None and len(teacher.output["features"]) == len(nets[0][1].output["features"]):
+        nets.append(("teacher", teacher))
     return nets
 
 

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
 from ffsd_tf import flags as ffsd_flags
@@ -22,11 +23,45 @@ FLAGFILES = sorted(os.path.relpath(f, ROOT) for f in glob.glob(f"{ROOT}/experime
 TINY_SIZE = {"vgg16": 32, "resnet18": 32, "resnet34": 32}
 
 
+def tiny_args(size):
+    return ["--dataset=synthetic", f"--image_size={size}", "--batch_size=4", "--synthetic_classes=3",
+            "--synthetic_train=8", "--synthetic_test=4"]
+
+
+def tiny_bundle(size):
+    from ffsd_tf.data import load_dataset
+
+    return load_dataset("synthetic", batch_size=4, image_size=size, synthetic_classes=3, synthetic_train=8, synthetic_test=4)
+
+
+def output_dir_of(flagfile):
+    FLAGS.unparse_flags()
+    FLAGS(["prog", f"--flagfile={flagfile}"])
+    return FLAGS.output_dir
+
+
+def tiny_teacher_run(teacher_run, size, tmp_path):
+    """The run directory the flagfile that trains ``teacher_run`` would write, at the tiny size."""
+    from ffsd_tf import rundir
+
+    producers = [f for f in FLAGFILES if output_dir_of(f) == teacher_run]
+    assert producers, f"no flagfile in experiments/ trains the teacher {teacher_run}"
+    FLAGS.unparse_flags()
+    FLAGS(["prog", f"--flagfile={producers[0]}"] + tiny_args(size))
+    bundle = tiny_bundle(size)
+    config = run.config_from_flags(bundle)
+    out = str(tmp_path / "teacher")
+    os.makedirs(out)
+    run.write_run_files(out, config, bundle)
+    tf.train.CheckpointManager(rundir.checkpoint_for(run.build_model(config, 2)), os.path.join(out, "checkpoints"), 1).save()
+    return out
+
+
 @pytest.mark.parametrize("flagfile", FLAGFILES)
-def test_flagfile_runs_one_step(flagfile, monkeypatch):
+def test_flagfile_runs_one_step(flagfile, monkeypatch, tmp_path):
     import keras
 
-    from ffsd_tf.data import load_dataset
+    from ffsd_tf import rundir
 
     monkeypatch.chdir(ROOT)
     FLAGS.unparse_flags()
@@ -34,19 +69,23 @@ def test_flagfile_runs_one_step(flagfile, monkeypatch):
         FLAGS(["prog", f"--flagfile={flagfile}"])
         ffsd_flags.validate()
         size = TINY_SIZE.get(FLAGS.model, 16)
-        FLAGS(["prog", f"--flagfile={flagfile}", "--dataset=synthetic", f"--image_size={size}", "--batch_size=4",
-               "--synthetic_classes=3", "--synthetic_train=8", "--synthetic_test=4"])
+        extra = []
+        if FLAGS.teacher_run is not None:  # offline KD/AT: the teacher comes from its own flagfile's run
+            extra = [f"--teacher_run={tiny_teacher_run(FLAGS.teacher_run, size, tmp_path)}"]
+        FLAGS.unparse_flags()
+        FLAGS(["prog", f"--flagfile={flagfile}"] + tiny_args(size) + extra)
         keras.utils.set_random_seed(0)
-        bundle = load_dataset("synthetic", batch_size=4, image_size=size, synthetic_classes=3,
-                              synthetic_train=8, synthetic_test=4)
+        bundle = tiny_bundle(size)
         model = run.build_model(run.config_from_flags(bundle), steps_per_epoch=2)
+        if FLAGS.teacher_run is not None:
+            rundir.load_teacher(model, FLAGS.teacher_run, "synthetic")
         model.set_epoch(1)
         images, labels = next(iter(bundle.train_stream(0)))
-        before = [v.numpy().copy() for v in model.leader.trainable_variables] if model.leader else None
+        net = model.leader or model.common_students[0]
+        before = [v.numpy().copy() for v in net.trainable_variables]
         logs = model.train_step((images, labels))
         assert all(np.isfinite(float(v)) for v in logs.values()), logs
         assert len(model.common_students) == FLAGS.num_students
-        if before is not None:
-            assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.leader.trainable_variables))
+        assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, net.trainable_variables))
     finally:
         FLAGS.unparse_flags()

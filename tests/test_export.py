@@ -345,6 +345,26 @@ def test_interrupted_export_leaves_nothing(trained, tmp_path, monkeypatch):
     assert sorted(os.listdir(existing)) == ["README"]  # no version, no .tmp-*
 
 
+def test_temp_folders_of_killed_exports_are_removed_and_others_kept(tmp_path):
+    import socket
+
+    host = socket.gethostname()
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # its pid now belongs to no process
+    names = {
+        "dead": f".tmp-1-{finished.pid}@{host}-0a1b2c3d",
+        "alive": f".tmp-1-{os.getpid()}@{host}-0a1b2c3d",  # an export in progress here
+        "other_host": f".tmp-1-{finished.pid}@not-{host}-0a1b2c3d",  # a shared folder: not ours to judge
+        "unknown": ".tmp-1-0a1b2c3d",  # no owner in the name
+        "version": "1",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").write_bytes(b"x")
+    assert export.remove_stale_temp_dirs(str(tmp_path)) == [names["dead"]]
+    assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "dead")
+
+
 def test_existing_version_is_never_overwritten(trained, tmp_path):
     d = str(tmp_path)
     small = export_args(trained, eval_images=trained.eval_x[:16], eval_labels=trained.eval_y[:16])
