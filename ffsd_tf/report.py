@@ -57,6 +57,7 @@ whose checkpoint cannot be restored for ``--cosine``) exits with code 2 and one 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -608,6 +609,21 @@ def check_output_path(path: str) -> None:
         raise ReportError(f"--output={path}: directory {directory} is not writable")
 
 
+def expand_patterns(paths, what: str) -> list[str]:
+    """Expands shell-style patterns the shell left alone (``--baseline=runs/ce_s*`` is one word
+    to the shell, and a quoted RUN_DIR pattern too); a pattern matching nothing is an error."""
+    out = []
+    for p in paths:
+        if glob.has_magic(p):
+            matches = sorted(glob.glob(p))
+            if not matches:
+                raise ReportError(f"{what} pattern {p} matches nothing; pass run directories of python -m ffsd_tf.run")
+            out += matches
+        else:
+            out.append(p)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(_FLAGS, list(sys.argv if argv is None else argv), __doc__, USAGE)
     if args is None:
@@ -615,8 +631,8 @@ def main(argv=None) -> int:
     try:
         if _FLAGS.output:
             check_output_path(_FLAGS.output)
-        baseline = [b for b in (s.strip() for s in _FLAGS.baseline) if b]
-        report = build_report(args, baseline, cosine=_FLAGS.cosine)
+        baseline = expand_patterns([b for b in (s.strip() for s in _FLAGS.baseline) if b], "--baseline")
+        report = build_report(expand_patterns(args, "RUN_DIR"), baseline, cosine=_FLAGS.cosine)
         text = RENDER[_FLAGS.format](report)
         if _FLAGS.output:
             write_text_atomic(_FLAGS.output, text)

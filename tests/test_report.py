@@ -140,6 +140,16 @@ def test_markdown_is_the_default_and_shows_the_same_numbers(runs, tmp_path):
     assert differs
 
 
+def test_patterns_the_shell_leaves_alone_are_expanded(runs):
+    """``--baseline=runs/ce_s*`` reaches the tool unexpanded (one shell word): the README's usage."""
+    base = os.path.dirname(runs["ce1"])
+    listed = report_json(runs["ffsd1"], runs["ffsd2"], f"--baseline={runs['ce1']},{runs['ce2']}")
+    patterns = report_json(os.path.join(base, "ffsd*"), f"--baseline={os.path.join(base, 'ce*')}")
+    assert patterns == listed
+    proc = cli(runs["ffsd1"], f"--baseline={os.path.join(base, 'nothing*')}")
+    assert proc.returncode == 2 and "matches nothing" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_configurations_become_groups_and_one_run_has_no_std(runs):
     # Everything positional: FFSD and CE runs are two configurations, not one.
     report = report_json(runs["ffsd1"], runs["ce1"], runs["ffsd2"], runs["ce2"], runs["ffsd1"])  # ffsd1 twice
