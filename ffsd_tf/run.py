@@ -156,7 +156,10 @@ def train() -> dict:
         probe_writable(out)
 
     steps = FLAGS.steps_per_epoch or bundle.steps_per_epoch
-    model = build_model(config, steps, strategy)
+    try:
+        model = build_model(config, steps, strategy)
+    except ValueError as e:  # a cohort the trainer refuses (a teacher whose maps cannot be transferred)
+        raise UsageError(str(e)) from None
     if config.teacher is not None:
         teacher_ckpt = rundir.load_teacher(model, FLAGS.teacher_run, FLAGS.dataset)
         if chief:

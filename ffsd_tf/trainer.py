@@ -206,7 +206,8 @@ class FFSD(keras.Model):
             if "at" in config.teacher_loss.split("_") and teacher_shapes != student_shapes:
                 raise ValueError(
                     f"attention transfer needs the teacher's feature maps at the students' sizes: teacher "
-                    f"{config.teacher} has {teacher_shapes}, {config.model} has {student_shapes}; use teacher_loss='kd'"
+                    f"{config.teacher} has {teacher_shapes}, {config.model} has {student_shapes}; distil by KD only "
+                    "(teacher_loss kd)"
                 )
 
     # ------------------------------------------------------------------ structure

@@ -158,3 +158,17 @@ def test_bad_teacher_flags_fail_in_one_line(teacher_run, tmp_path, extra, messag
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (out / "checkpoints").exists()
+
+
+def test_attention_transfer_from_a_teacher_with_other_map_sizes_fails_in_one_line(tmp_path):
+    data = ["--image_size=32", "--synthetic_train=64", "--synthetic_test=32"]
+    teacher = str(tmp_path / "resnet18")
+    proc = run_cli(SMALL + BASELINE + data + ["--model=resnet18", "--epochs=2", f"--output_dir={teacher}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "at"
+    proc = run_cli(SMALL + BASELINE + data + ["--epochs=2", f"--teacher_run={teacher}", "--teacher_loss=at",
+                                              f"--output_dir={out}"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "attention transfer needs" in lines[0] and "resnet18" in lines[0], proc.stderr
+    assert not (out / "checkpoints").exists()
