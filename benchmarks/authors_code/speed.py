@@ -12,7 +12,7 @@ import-time stand-ins only: a no-op ``utils.visualizer`` (theirs needs visdom) a
 
 Compare with ``make bench`` run just before or after on the same idle machine.
 """
-import argparse, logging, sys, time, types
+import argparse, logging, sys, tempfile, time, types
 import torch
 torch.set_num_threads(2); torch.set_num_interop_threads(2)
 
@@ -56,7 +56,10 @@ import data as data_pkg  # noqa
 sys.modules["data.cifar100"] = data
 
 from options import options
-sys.argv = ["cifar.py", "--dataroot", "/nonexistent", "--gpu_ids", "-1", "--display_id", "0", "--model", "resnet32"]
+# Their option parser writes <checkpoints_dir>/<name>/config.txt: keep it out of the working tree.
+scratch = tempfile.mkdtemp(prefix="ffsd-authors-")
+sys.argv = ["cifar.py", "--dataroot", "/nonexistent", "--gpu_ids", "-1", "--display_id", "0", "--model", "resnet32",
+            "--checkpoints_dir", scratch]
 opt = options.parse()
 logger = logging.getLogger("ffsd"); logger.addHandler(logging.NullHandler())
 
