@@ -26,6 +26,7 @@ torch.set_num_threads(2)
 from models.resnet_cifar import resnet20
 d = np.load(args.data)
 x_all, y_all = d["x_train"], d["y_train"].astype(np.int64).ravel()
+# CIFAR-10 channel statistics, as ffsd_tf.data uses (not imported: this runs in a torch-only venv).
 mean = np.array([0.4914, 0.4822, 0.4465], np.float32); std = np.array([0.2470, 0.2435, 0.2616], np.float32)
 KL = nn.KLDivLoss(reduction="batchmean"); CE = nn.CrossEntropyLoss(); T = 2.0
 lam = args.lambda_kl
@@ -40,7 +41,8 @@ for seed in [int(s) for s in args.seeds.split(",")]:
     for b in range(40):
         bi = order[b * 128:(b + 1) * 128]
         xb = np.pad(x[bi], ((0, 0), (0, 0), (4, 4), (4, 4)), mode="reflect")
-        ox, oy = rng.integers(0, 9, 2); xb = xb[:, :, oy:oy + 32, ox:ox + 32].copy()
+        off = rng.integers(0, 9, (len(bi), 2))  # a random 32x32 crop per image
+        xb = np.stack([im[:, oy:oy + 32, ox:ox + 32] for im, (oy, ox) in zip(xb, off)])
         flip = rng.random(len(bi)) < 0.5; xb[flip] = xb[flip][..., ::-1]
         xb = torch.from_numpy(np.ascontiguousarray(xb)); yb = torch.from_numpy(y[bi])
         outs = [n(xb) for n in nets]

@@ -12,7 +12,7 @@ import-time stand-ins only: a no-op ``utils.visualizer`` (theirs needs visdom) a
 
 Compare with ``make bench`` run just before or after on the same idle machine.
 """
-import argparse, logging, sys, tempfile, time, types
+import argparse, atexit, logging, shutil, sys, tempfile, time, types
 import torch
 torch.set_num_threads(2); torch.set_num_interop_threads(2)
 
@@ -58,6 +58,7 @@ sys.modules["data.cifar100"] = data
 from options import options
 # Their option parser writes <checkpoints_dir>/<name>/config.txt: keep it out of the working tree.
 scratch = tempfile.mkdtemp(prefix="ffsd-authors-")
+atexit.register(shutil.rmtree, scratch, ignore_errors=True)
 sys.argv = ["cifar.py", "--dataroot", "/nonexistent", "--gpu_ids", "-1", "--display_id", "0", "--model", "resnet32",
             "--checkpoints_dir", scratch]
 opt = options.parse()
