@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: venv fashion-mnist quickstart test bench clean
+.PHONY: venv parity-deps fashion-mnist quickstart test bench parity clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# CPU PyTorch (dev only) for the parity harness and its test; without it tests/test_parity.py skips.
+$(VENV)/.parity: $(VENV)/.installed requirements-parity.txt
+	$(PIP) install --quiet -r requirements-parity.txt
+	touch $@
+
+parity-deps: $(VENV)/.parity
 
 # Real Fashion-MNIST from Debian's package (offline-friendly); elsewhere pass --data_dir.
 fashion-mnist:
@@ -32,6 +39,11 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/bench.py
+
+# Step-by-step parity with the authors' trainer (float64, 200 steps each; see docs/parity.md).
+parity: parity-deps
+	$(PY) benchmarks/parity/parity.py --mode=single --steps=200 --resync
+	$(PY) benchmarks/parity/parity.py --mode=ffsd --steps=200 --resync --batch=16
 
 clean:
 	rm -rf runs/quickstart

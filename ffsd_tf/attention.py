@@ -1,6 +1,7 @@
 """Attention maps, per-sample normalisation and the diversity targets (paper Eqs. 7 and 8).
 
-All functions take NHWC tensors and compute in float32 (safe under mixed precision).
+All functions take NHWC tensors and compute in float32 (safe under mixed precision), or in float64
+when given float64 (the parity harness, ``benchmarks/parity``, runs whole cohorts in float64).
 """
 
 from __future__ import annotations
@@ -10,22 +11,28 @@ import tensorflow as tf
 _NORM_EPS = 1e-24  # tf.math.l2_normalize's eps is on the squared norm: this is torch's max(||v||, 1e-12)
 
 
+def loss_float(x) -> tf.Tensor:
+    """``x`` as the loss computation's float: float32, or float64 when ``x`` already is float64."""
+    x = tf.convert_to_tensor(x)
+    return x if x.dtype == tf.float64 else tf.cast(x, tf.float32)
+
+
 def attention_map(features: tf.Tensor) -> tf.Tensor:
     """Eq. (7) as coded: the channel *mean* of F^2, ``[B, H, W, C] -> [B, H, W]``.
 
     The paper sums over channels; the authors' code averages. Every use normalises per sample,
     except the diversity target's P (Eq. 8), which is therefore 1/C of the printed one.
     """
-    features = tf.cast(features, tf.float32)
+    features = loss_float(features)
     return tf.reduce_mean(tf.square(features), axis=-1)
 
 
 def flatten(x: tf.Tensor) -> tf.Tensor:
-    """``[B, ...] -> [B, N]`` in float32, keeping N static (the threshold index k needs it)."""
+    """``[B, ...] -> [B, N]`` in float32 (float64 stays), keeping N static (the threshold index k needs it)."""
     size = 1
     for d in x.shape[1:]:
         size *= int(d)
-    return tf.reshape(tf.cast(x, tf.float32), [-1, size])
+    return tf.reshape(loss_float(x), [-1, size])
 
 
 def normalize(x: tf.Tensor) -> tf.Tensor:
@@ -56,7 +63,7 @@ def diversity_feature_target(features: tf.Tensor) -> tf.Tensor:
     Shifts F so its attention moves toward the Eq. (8) target: ``F + (target - n(A)) * P / C``,
     the same shift broadcast over every channel. Input and output are ``[B, H, W, C]``.
     """
-    features = tf.cast(features, tf.float32)
+    features = loss_float(features)
     shape = tf.shape(features)
     channels = features.shape[-1]
     target, normalized, p = diversity_target(attention_map(features))

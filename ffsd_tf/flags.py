@@ -27,6 +27,9 @@ flags.DEFINE_string("data_dir", None, "Where the dataset lives (tfds data_dir, a
 flags.DEFINE_integer("image_size", None, "Resize images to this square size (tests and smoke runs).", lower_bound=8)
 flags.DEFINE_integer("train_subset", None, "Use only this many training images (seeded subset).", lower_bound=1)
 flags.DEFINE_integer("test_subset", None, "Use only this many test images (seeded subset).", lower_bound=1)
+flags.DEFINE_enum("partial_batch", "drop_small", ["drop_small", "keep", "drop"],
+                  "A last, partial training batch: drop_small = drop it if under half a batch (a different tail "
+                  "each epoch); keep = train on it (the authors' loader, drop_last=False); drop = never train on it.")
 flags.DEFINE_integer("synthetic_classes", 10, "Classes of the synthetic dataset.", lower_bound=2)
 flags.DEFINE_integer("synthetic_train", 512, "Training images of the synthetic dataset.", lower_bound=1)
 flags.DEFINE_integer("synthetic_test", 256, "Test images of the synthetic dataset.", lower_bound=1)

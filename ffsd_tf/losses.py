@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ffsd_tf.attention import attention_map, diversity_target, flatten, normalize
+from ffsd_tf.attention import attention_map, diversity_target, flatten, loss_float, normalize
 
 
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Mean softmax cross-entropy (L_CE of Eqs. 2, 4, 14)."""
     return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=loss_float(logits))
     )
 
 
@@ -27,9 +27,9 @@ def distillation_kl(student_logits: tf.Tensor, teacher_logits: tf.Tensor, temper
     log-softmax on both sides (no probability clipping, unlike ``keras.losses.KLDivergence``).
     """
     t = float(temperature)
-    teacher = tf.stop_gradient(tf.cast(teacher_logits, tf.float32)) / t
+    teacher = tf.stop_gradient(loss_float(teacher_logits)) / t
     log_p_teacher = tf.nn.log_softmax(teacher, axis=-1)
-    log_p_student = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / t, axis=-1)
+    log_p_student = tf.nn.log_softmax(loss_float(student_logits) / t, axis=-1)
     kl = tf.reduce_sum(tf.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
     return t * t * tf.reduce_mean(kl)
 

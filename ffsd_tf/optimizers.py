@@ -171,10 +171,11 @@ class TorchAdam(_TorchOptimizer):
         m, v = self._momentums[index], self._velocities[index]
 
         # Bias corrections 1 - beta**t, accurate in float32.
-        t = ops.cast(self.iterations + 1, "float32")
+        fdtype = "float64" if dtype == "float64" else "float32"
+        t = ops.cast(self.iterations + 1, fdtype)
         bc1 = _bias_correction(self.beta_1, t)
         bc2 = _bias_correction(self.beta_2, t)
-        step_size = ops.cast(ops.cast(learning_rate, "float32") / bc1, dtype)
+        step_size = ops.cast(ops.cast(learning_rate, fdtype) / bc1, dtype)
         bc2_sqrt = ops.cast(ops.sqrt(bc2), dtype)
 
         # 1 - beta on the host, as torch does (1 - float32(0.999) is off by

@@ -145,13 +145,14 @@ def train() -> dict:
             synthetic_classes=FLAGS.synthetic_classes,
             synthetic_train=FLAGS.synthetic_train,
             synthetic_test=FLAGS.synthetic_test,
+            partial_batch=FLAGS.partial_batch,
         )
     except DataError as e:
         raise UsageError(str(e)) from None
 
     config = config_from_flags(bundle)
     if resuming:
-        rundir.check_compatible(out, config, FLAGS.dataset)
+        rundir.check_compatible(out, config, FLAGS.dataset, partial_batch=bundle.partial_batch)
     if chief:
         probe_writable(out)
 
@@ -309,6 +310,8 @@ def write_run_files(out, config, bundle) -> None:
                 "mean": list(bundle.mean),
                 "std": list(bundle.std),
                 "class_names": list(bundle.class_names),
+                "partial_batch": bundle.partial_batch,
+                "steps_per_epoch": bundle.steps_per_epoch,
             },
         },
     )

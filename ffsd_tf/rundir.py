@@ -64,8 +64,8 @@ def has_checkpoint(run_dir: str) -> bool:
     return state is not None and bool(state.model_checkpoint_path or state.all_model_checkpoint_paths)
 
 
-def check_compatible(run_dir: str, config: FFSDConfig, dataset: str) -> None:
-    """Refuses to resume a run directory written for another cohort or dataset."""
+def check_compatible(run_dir: str, config: FFSDConfig, dataset: str, partial_batch: str | None = None) -> None:
+    """Refuses to resume a run directory written for another cohort, dataset or partial-batch policy."""
     path = os.path.join(run_dir, CONFIG)
     if not os.path.exists(path):
         raise RunDirError(f"{run_dir} has checkpoints but no {CONFIG}; it was not written by ffsd_tf.run")
@@ -74,6 +74,10 @@ def check_compatible(run_dir: str, config: FFSDConfig, dataset: str) -> None:
     diffs = [f"{k}={saved['model'].get(k)!r} (now {mine[k]!r})" for k in mine if saved["model"].get(k) != mine[k]]
     if saved.get("dataset", {}).get("name") != dataset:
         diffs.append(f"dataset={saved.get('dataset', {}).get('name')!r} (now {dataset!r})")
+    # Runs written before the policy existed trained on every partial batch ("keep").
+    saved_policy = saved.get("dataset", {}).get("partial_batch", "keep")
+    if partial_batch is not None and saved_policy != partial_batch:
+        diffs.append(f"partial_batch={saved_policy!r} (now {partial_batch!r})")
     if diffs:
         raise RunDirError(
             f"checkpoint in {run_dir} is from another configuration ({'; '.join(diffs)}); "

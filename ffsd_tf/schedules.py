@@ -169,10 +169,11 @@ class MultiStepLR(keras.optimizers.schedules.LearningRateSchedule):
         passed = ops.zeros((), "int64")
         for m in self.milestones:
             passed = passed + ops.cast(epoch0 >= m, "int64")
-        lr = ops.take(ops.convert_to_tensor(self._values, "float32"), passed)
+        dtype = "float64" if keras.config.floatx() == "float64" else "float32"  # float64: the parity harness
+        lr = ops.take(ops.convert_to_tensor(self._values, dtype), passed)
         if self.warmup_epochs:
             warm_steps = self.warmup_epochs * self.steps_per_epoch
-            ramp = (ops.cast(step + 1, "float32") / warm_steps) * self.base_lr
+            ramp = (ops.cast(step + 1, dtype) / warm_steps) * self.base_lr
             lr = ops.where(step < warm_steps, ramp, lr)
         return lr
 

@@ -49,7 +49,7 @@ import keras
 import tensorflow as tf
 
 from ffsd_tf import losses
-from ffsd_tf.attention import diversity_feature_target
+from ffsd_tf.attention import diversity_feature_target, loss_float
 from ffsd_tf.fusion import build_fusion_module, build_trans_fusion
 from ffsd_tf.networks import build_network
 from ffsd_tf.networks.layers import synchronized_batchnorm
@@ -344,7 +344,8 @@ class FFSD(keras.Model):
         ``terms`` maps metric names (``student2/diversity``...) to unweighted values.
         """
         c = self.config
-        w = {k: tf.cast(v, tf.float32) for k, v in self.loss_weight_vars.items()}
+        dtype = tf.float64 if keras.config.floatx() == "float64" else tf.float32  # float64: the parity harness
+        w = {k: tf.cast(v, dtype) for k, v in self.loss_weight_vars.items()}
         t = c.temperature
         terms: dict[str, tf.Tensor] = {}
         role_loss = {r: [] for r in ROLES}
@@ -398,7 +399,7 @@ class FFSD(keras.Model):
             terms[f"{s}/loss"] = total
             role_loss["students"].append(total)
 
-        z_ensemble = tf.stop_gradient(tf.add_n([tf.cast(v, tf.float32) for v in z]) / float(c.num_students))
+        z_ensemble = tf.stop_gradient(tf.add_n([loss_float(v) for v in z]) / float(c.num_students))
 
         # Fusion module and classifier (Eq. 4).
         if c.fusion:

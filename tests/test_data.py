@@ -334,7 +334,7 @@ def test_npz_errors(tmp_path):
 def test_real_cifar10_npz():
     bundle = load_dataset("cifar10", data_dir=str(SHARED_CIFAR10), batch_size=256)
     assert (bundle.train_size, bundle.test_size, bundle.num_classes) == (50000, 10000, 10)
-    assert bundle.image_shape == (32, 32, 3) and bundle.steps_per_epoch == 196
+    assert bundle.image_shape == (32, 32, 3) and bundle.steps_per_epoch == 195  # 80-image remainder < 128: dropped
     assert np.array_equal(np.bincount(bundle.y_train), [5000] * 10)
     _, y = next(iter(bundle.train_stream(0)))
     assert len(np.unique(y.numpy())) >= 8  # the class-sorted file is shuffled
@@ -345,8 +345,8 @@ def test_real_cifar10_npz():
 
 
 def test_epoch_k_of_a_run_equals_a_run_resumed_at_k(npz_dir):
-    a = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, seed=3)
-    b = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, seed=3)
+    a = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, seed=3, partial_batch="keep")
+    b = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, seed=3, partial_batch="keep")
     steps = a.steps_per_epoch
     assert steps == 4
     run = batches(a.train_stream(0), 3 * steps)
@@ -359,12 +359,61 @@ def test_epoch_k_of_a_run_equals_a_run_resumed_at_k(npz_dir):
     assert not np.array_equal(labels[0], labels[1])  # a new order every epoch
     for lab in labels:
         assert np.array_equal(np.sort(lab), np.sort(a.y_train))
-    other = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, seed=4)
+    other = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, seed=4, partial_batch="keep")
     assert not same_batches(batches(other.train_stream(0), steps), epochs[0])
 
 
+@pytest.mark.parametrize(
+    "n, batch, policy, sizes",
+    [
+        (100, 32, "drop_small", [32, 32, 32]),  # remainder 4 < 16: dropped
+        (100, 32, "keep", [32, 32, 32, 4]),  # the authors' loader
+        (100, 32, "drop", [32, 32, 32]),
+        (110, 32, "drop_small", [32, 32, 32]),  # remainder 14 < 16: dropped
+        (120, 32, "drop_small", [32, 32, 32, 24]),  # remainder 24 >= 16: kept
+        (120, 32, "drop", [32, 32, 32]),
+        (96, 32, "drop_small", [32, 32, 32]),  # no remainder
+        (20, 32, "drop", [20]),  # smaller than one batch: one partial batch, never an empty epoch
+    ],
+)
+def test_partial_batch_policy(tmp_path, n, batch, policy, sizes):
+    path = make_npz(tmp_path / "d.npz", n_train=n, n_test=10, size=8)
+    bundle = load_dataset("cifar10", data_dir=str(path), batch_size=batch, seed=1, partial_batch=policy)
+    assert bundle.steps_per_epoch == len(sizes)
+    got = batches(bundle.train_stream(0), 3 * len(sizes))
+    assert [len(y) for _, y in got] == sizes * 3  # epochs stay aligned with fit's steps_per_epoch
+    # A dropped remainder is the tail of a reshuffled order: over epochs every image is trained on.
+    seen = np.concatenate([y for _, y in batches(bundle.train_stream(0), 20 * len(sizes))])
+    assert len(seen) == 20 * sum(sizes)
+
+
+def test_default_policy_drops_a_tiny_last_batch(tmp_path):
+    """Regression (issue 13): 5,000 images at batch 128 gave a 40th step of 8 images every epoch."""
+    path = make_npz(tmp_path / "d.npz", n_train=5000, n_test=10, size=8)
+    bundle = load_dataset("cifar10", data_dir=str(path), batch_size=128)
+    assert bundle.partial_batch == "drop_small" and bundle.steps_per_epoch == 39
+    assert {len(y) for _, y in batches(bundle.train_stream(3), 39)} == {128}
+    keep = load_dataset("cifar10", data_dir=str(path), batch_size=128, partial_batch="keep")
+    assert keep.steps_per_epoch == 40
+
+
+def test_every_image_is_trained_on_when_the_remainder_is_dropped(tmp_path):
+    path = make_npz(tmp_path / "d.npz", n_train=50, n_test=10, size=8)
+    bundle = load_dataset("cifar10", data_dir=str(path), batch_size=16, augment=False, seed=2)
+    assert bundle.steps_per_epoch == 3  # 50 = 3 x 16 + 2
+    images = np.concatenate([x for x, _ in batches(bundle.train_stream(0), 3 * 10)])
+    pixels = np.rint((images * np.array(bundle.std) + np.array(bundle.mean)) * 255).astype(np.uint8)
+    flat = {p.tobytes() for p in pixels}
+    assert len(flat) == len({p.tobytes() for p in bundle.x_train})  # 10 epochs cover all 50
+
+
+def test_unknown_partial_batch_policy_is_a_data_error(npz_dir):
+    with pytest.raises(DataError, match="partial_batch must be one of drop_small, keep, drop"):
+        load_dataset("cifar10", data_dir=str(npz_dir), partial_batch="sometimes")
+
+
 def test_each_epoch_is_a_full_shuffle(npz_dir):
-    bundle = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, augment=False)
+    bundle = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, augment=False, partial_batch="keep")
     images = np.concatenate([x for x, _ in batches(bundle.train_stream(5), bundle.steps_per_epoch)])
     pixels = np.rint((images * np.array(bundle.std) + np.array(bundle.mean)) * 255).astype(np.uint8)
     flat = lambda a: a.reshape(len(a), -1)  # noqa: E731

@@ -1,5 +1,6 @@
 """Networks: parameter counts against the PyTorch originals, feature shapes, PyTorch-exact layers."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -248,3 +249,28 @@ def test_imagenet_stem_follows_kaiming_fan_out():
     assert stem.shape == (7, 7, 3, 64) and abs(stem.std() - np.sqrt(2 / (49 * 64))) / np.sqrt(2 / (49 * 64)) < 0.05
     fc = model.get_layer("fc").kernel.numpy()  # torch Linear default: U(+-1/sqrt(512))
     assert np.abs(fc).max() <= 1 / np.sqrt(512)
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm: torch's running variance (found by benchmarks/parity)
+
+
+def test_batchnorm_running_variance_is_torchs_unbiased_one(rng):
+    """``running_var = 0.9 * running_var + 0.1 * var * n / (n - 1)``; normalisation by the biased var."""
+    x = rng.normal(2.0, 3.0, (4, 3, 3, 5)).astype(np.float32)  # n = 4 * 3 * 3 = 36 values per channel
+    bn = L.batch_norm("bn")
+    y = bn(tf.constant(x), training=True).numpy()
+    flat = x.reshape(-1, 5)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+    np.testing.assert_allclose(y, (x - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5), atol=1e-4)
+    y_eval = bn(tf.constant(x), training=False).numpy()  # inference: the moving statistics, untouched
+    np.testing.assert_allclose(y_eval, (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + 1e-5),
+                               atol=1e-4)
+
+
+def test_every_network_uses_the_torch_batchnorm():
+    for name in ("resnet20", "wrn16_2"):
+        model = build_network(name, num_classes=10, input_shape=(32, 32, 3))
+        bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert bns and all(isinstance(layer, L.TorchBatchNormalization) for layer in bns)

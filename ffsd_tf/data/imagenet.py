@@ -182,6 +182,7 @@ class ImageNetBundle:
     mean: tuple = MEAN
     std: tuple = STD
     class_names: list = dataclasses.field(default_factory=list, repr=False)
+    partial_batch: str = "drop_small"
 
     # Sizes -----------------------------------------------------------------------------------
     @property
@@ -190,8 +191,10 @@ class ImageNetBundle:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Batches per training epoch, the last one partial: ``ceil(train_size / batch_size)``."""
-        return math.ceil(self.train_size / self.batch_size)
+        """Batches per training epoch under the ``partial_batch`` policy (see ``pipeline.batches_per_epoch``)."""
+        from ffsd_tf.data.pipeline import batches_per_epoch
+
+        return batches_per_epoch(self.train_size, self.batch_size, self.partial_batch)
 
     @property
     def eval_steps(self) -> int:
@@ -304,7 +307,7 @@ class ImageNetBundle:
             return self.normalize(self._train_image(jpeg, sample_key)), label
 
         ds = ds.enumerate().map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
-        return ds.batch(self.batch_size)
+        return ds.batch(self.batch_size).take(self.steps_per_epoch)
 
 
 def _split_size(builder, split: str, subset: int | None) -> int:
@@ -333,6 +336,7 @@ def load_imagenet2012(
     test_subset: int | None = None,
     image_size: int | None = None,
     shuffle_buffer: int = SHUFFLE_BUFFER,
+    partial_batch: str = "drop_small",
     **_,
 ) -> ImageNetBundle:
     """Opens (or prepares) tfds ``imagenet2012`` in ``data_dir`` and returns its streaming bundle.
@@ -359,4 +363,5 @@ def load_imagenet2012(
         test_split=TEST_SPLIT if test_subset is None else f"{TEST_SPLIT}[:{test_size}]",
         shuffle_buffer=int(shuffle_buffer),
         class_names=names,
+        partial_batch=partial_batch,
     )

@@ -4,8 +4,14 @@ What a bundle gives:
 
 * ``train_stream(start_epoch)``: an infinite ``tf.data.Dataset`` of normalised, augmented
   ``(float32 [B, H, W, C], int32 [B])`` batches, epoch after epoch, starting at ``start_epoch``.
-  Every epoch is a full shuffle of the training set cut into ``steps_per_epoch`` batches, the last
-  one partial (PyTorch's ``drop_last=False``). The order and every augmentation draw are pure
+  Every epoch is a full shuffle of the training set cut into ``steps_per_epoch`` batches; what
+  happens to a last, partial batch is the ``partial_batch`` policy (``PARTIAL_BATCH_POLICIES``):
+  ``drop_small`` (default) drops it when it holds fewer than half a batch, ``keep`` always trains
+  on it (the authors' loader, PyTorch's ``drop_last=False``), ``drop`` never does (``drop_last=
+  True``). A dropped remainder is a different set of images each epoch (the order is reshuffled),
+  so every image is still trained on; a tiny last batch, by contrast, is a full-learning-rate step
+  on the BatchNorm statistics of a handful of images (8 of CIFAR-10 at 5,000 images and batch 128),
+  which costs points and spreads seeds. The order and every augmentation draw are pure
   functions of ``(seed, epoch)``: the permutation is ``tf.random.experimental.index_shuffle``
   keyed by ``(seed, epoch)``, and the crop offsets and flips of the sample at position ``i`` of
   the epoch are element ``i`` of ``tf.random.stateless_uniform`` vectors keyed by the same pair.
@@ -40,6 +46,22 @@ from ffsd_tf.data.sources import DATASETS, Source
 
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_PAD = 4
+PARTIAL_BATCH_POLICIES = ("drop_small", "keep", "drop")
+DEFAULT_PARTIAL_BATCH = "drop_small"
+
+
+def batches_per_epoch(train_size: int, batch_size: int, partial_batch: str = DEFAULT_PARTIAL_BATCH) -> int:
+    """Training steps per epoch under a ``partial_batch`` policy (see the module docstring).
+
+    A training set smaller than one batch is always one (partial) batch, never zero.
+    """
+    if partial_batch not in PARTIAL_BATCH_POLICIES:
+        raise DataError(f"partial_batch must be one of {', '.join(PARTIAL_BATCH_POLICIES)}, got {partial_batch!r}")
+    full, remainder = divmod(int(train_size), int(batch_size))
+    keep = remainder > 0 and (
+        full == 0 or partial_batch == "keep" or (partial_batch == "drop_small" and 2 * remainder >= batch_size)
+    )
+    return full + int(keep)
 _RESIZE_CHUNK = 4096
 
 
@@ -62,6 +84,7 @@ class DataBundle:
     seed: int = 0
     augment: bool = True
     pad: int = DEFAULT_PAD
+    partial_batch: str = DEFAULT_PARTIAL_BATCH
 
     # Sizes -----------------------------------------------------------------------------------
     @property
@@ -74,8 +97,8 @@ class DataBundle:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Batches per training epoch, the last one partial: ``ceil(train_size / batch_size)``."""
-        return math.ceil(self.train_size / self.batch_size)
+        """Batches per training epoch under the ``partial_batch`` policy (``batches_per_epoch``)."""
+        return batches_per_epoch(self.train_size, self.batch_size, self.partial_batch)
 
     @property
     def eval_steps(self) -> int:
@@ -134,7 +157,8 @@ class DataBundle:
 
         Elements: ``(index,)`` without augmentation, else ``(index, dy, dx, flip)``, each [B]:
         the training samples in the epoch's order, their crop offsets in [0, 2 * pad] and
-        their flip bits. A pure function of ``(seed, epoch)``.
+        their flip bits. A pure function of ``(seed, epoch)``; a dropped remainder is the tail of
+        the epoch's order.
         """
         n = self.train_size
         key = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)])
@@ -142,14 +166,15 @@ class DataBundle:
         order = tf.random.experimental.index_shuffle(
             tf.range(n, dtype=tf.int64), seed=fold(key, 0), max_index=tf.constant(n - 1, tf.int64)
         )
+        steps = self.steps_per_epoch
         if not self.augment:
-            return tf.data.Dataset.from_tensor_slices((order,)).batch(self.batch_size)
+            return tf.data.Dataset.from_tensor_slices((order,)).batch(self.batch_size).take(steps)
         span = 2 * self.pad + 1  # crop offsets 0 .. 2 * pad in the padded image
         uniform = functools.partial(tf.random.stateless_uniform, [n], dtype=tf.int32)
         dy = uniform(seed=fold(key, 1), minval=0, maxval=span)
         dx = uniform(seed=fold(key, 2), minval=0, maxval=span)
         flip = uniform(seed=fold(key, 3), minval=0, maxval=2)
-        return tf.data.Dataset.from_tensor_slices((order, dy, dx, flip)).batch(self.batch_size)
+        return tf.data.Dataset.from_tensor_slices((order, dy, dx, flip)).batch(self.batch_size).take(steps)
 
     def _train_batch(self, plan, data):
         images, labels = data
@@ -228,6 +253,7 @@ def load_dataset(
     synthetic_train: int = 512,
     synthetic_test: int = 256,
     pad: int = DEFAULT_PAD,
+    partial_batch: str = DEFAULT_PARTIAL_BATCH,
 ) -> DataBundle:
     """Loads dataset ``name`` (a key of ``DATASETS``) into memory, validated, and wraps it in a DataBundle.
 
@@ -241,6 +267,8 @@ def load_dataset(
       image_size: resize both splits (bilinear) to image_size x image_size.
       synthetic_*: the ``synthetic`` dataset's number of classes and of train / test images.
       pad: reflect padding before the random crop (the paper's 4).
+      partial_batch: what to do with a last, partial training batch: ``drop_small`` (drop it if
+        it is under half a batch; the default), ``keep`` (the authors' loader) or ``drop``.
 
     Streaming datasets (``imagenet2012``) return their own bundle with the same interface (see
     ``imagenet.py``); ``image_size`` then sets the crop size, ``pad`` and ``synthetic_*`` do not apply.
@@ -261,6 +289,7 @@ def load_dataset(
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise DataError(f"pad must be a non-negative integer, got {pad!r}")
     seed = int(seed)
+    batches_per_epoch(1, 1, partial_batch)  # validates the policy name
 
     if getattr(DATASETS[name], "streams", False):  # imagenet2012: streamed from disk, its own bundle
         return DATASETS[name](
@@ -272,6 +301,7 @@ def load_dataset(
             train_subset=train_subset,
             test_subset=test_subset,
             image_size=image_size,
+            partial_batch=partial_batch,
         )
 
     source: Source = DATASETS[name](
@@ -316,4 +346,5 @@ def load_dataset(
         seed=seed,
         augment=bool(augment),
         pad=int(min(pad, height - 1, width - 1)),  # reflect padding needs pad < size
+        partial_batch=partial_batch,
     )
