@@ -195,6 +195,8 @@ def train() -> dict:
             callbacks.EpochCheckpoint(ckpt_dir, checkpoint, FLAGS.keep_checkpoints, history, chief=chief),
         ]
         if chief:
+            cbs.append(callbacks.CollapseWarning())
+        if chief:
             from ffsd_tf.visualize import AttentionImages, sample_images
 
             if hasattr(bundle, "x_test"):  # in-memory datasets: 8 class-balanced test images
