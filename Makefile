@@ -43,7 +43,7 @@ bench: venv
 # Step-by-step parity with the authors' trainer (float64, 200 steps each; see docs/parity.md).
 parity: parity-deps
 	$(PY) benchmarks/parity/parity.py --mode=single --steps=200 --resync
-	$(PY) benchmarks/parity/parity.py --mode=ffsd --steps=200 --resync --batch=16
+	$(PY) benchmarks/parity/parity.py --mode=ffsd --model=resnet8 --steps=200 --resync --batch=8
 
 clean:
 	rm -rf runs/quickstart

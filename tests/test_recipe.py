@@ -1,0 +1,66 @@
+"""The robust recipe (experiments/recipes/robust.flags): it parses, and every loss weight follows
+its schedule, epoch by epoch, through the CLI's own flag-to-schedule path."""
+
+import math
+import os
+
+import pytest
+from absl import flags
+
+from ffsd_tf import flags as ffsd_flags
+from ffsd_tf.trainer import LOSS_WEIGHTS
+
+FLAGS = flags.FLAGS
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "experiments", "recipes", "robust.flags")
+
+
+def warm(epoch, length=5):
+    return math.exp(-5 * (1 - epoch / length) ** 2) if epoch < length else 1.0
+
+
+# name -> value at the 1-based epoch, as the recipe states it.
+EXPECTED = {
+    "kl": lambda e: 1.0 * warm(e),
+    "fusion_kl": lambda e: 1.0 * warm(e),
+    "leader_kl": lambda e: 1.0 * warm(e),
+    "diversity": lambda e: 1e-5 * warm(e),
+    "fusion": lambda e: 10.0 * warm(e),
+    "self_distillation": lambda e: 1000.0 * warm(e),
+    "teacher_kd": lambda e: 1.0,
+    "teacher_at": lambda e: 500.0,
+}
+
+
+@pytest.fixture
+def recipe_flags():
+    FLAGS.unparse_flags()
+    FLAGS(["prog", f"--flagfile={RECIPE}", "--dataset=synthetic", "--model=resnet8", "--epochs=8", "--milestones=6"])
+    yield
+    FLAGS.unparse_flags()
+
+
+def test_recipe_parses_and_validates(recipe_flags):
+    ffsd_flags.validate()
+    assert FLAGS.partial_batch == "drop_small"
+
+
+@pytest.mark.parametrize("epoch", [1, 2, 3, 4, 5, 6, 8])
+def test_every_weight_follows_its_schedule(recipe_flags, epoch):
+    schedules = ffsd_flags.weight_schedules()
+    assert set(schedules) == set(LOSS_WEIGHTS)
+    for name, want in EXPECTED.items():
+        assert schedules[name](epoch) == pytest.approx(want(epoch), rel=1e-12), name
+
+
+def test_the_recipe_warms_up_every_kl_term_the_paper_does_not():
+    """The paper's flagfiles keep the KL terms constant from step 1 (the authors' code)."""
+    FLAGS.unparse_flags()
+    FLAGS(["prog", f"--flagfile={os.path.join(ROOT, 'experiments', 'paper', 'table1_resnet32_ffsd.flags')}"])
+    paper = ffsd_flags.weight_schedules()
+    FLAGS.unparse_flags()
+    assert paper["kl"](1) == paper["fusion_kl"](1) == paper["leader_kl"](1) == 1.0
+    FLAGS(["prog", f"--flagfile={RECIPE}"])
+    recipe = ffsd_flags.weight_schedules()
+    FLAGS.unparse_flags()
+    assert recipe["kl"](1) == recipe["fusion_kl"](1) == recipe["leader_kl"](1) == pytest.approx(math.exp(-3.2))
