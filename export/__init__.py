@@ -390,6 +390,8 @@ def _load_data(run_dir: str, meta: dict, input_shape):
     for key in ("seed", "synthetic_classes", "synthetic_train", "synthetic_test", "image_size", "train_subset", "test_subset"):
         if key in flags and key in accepted:
             kwargs[key] = int(flags[key])
+    if "validation_split" in flags and "validation_split" in accepted:  # --dataset=folder's held-out images
+        kwargs["validation_split"] = float(flags["validation_split"])
     if "synthetic_classes" in accepted and "synthetic_classes" not in kwargs:
         kwargs["synthetic_classes"] = int(meta["num_classes"])
     kwargs = {k: v for k, v in kwargs.items() if k in accepted or "kwargs" in accepted}
