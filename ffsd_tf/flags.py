@@ -94,7 +94,9 @@ flags.DEFINE_bool("sync_batchnorm", False, "Synchronise BatchNorm statistics acr
 flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy; mixed_float16 uses a loss scale per optimizer.")
 flags.DEFINE_integer("eval_every", 1, "Evaluate on the test set every this many epochs (and at the last).", lower_bound=1)
 flags.DEFINE_integer("keep_checkpoints", 3, "How many epoch checkpoints to keep.", lower_bound=1)
-flags.DEFINE_enum("verbose", "bar", ["bar", "line", "quiet"], "Progress display.")
+flags.DEFINE_enum("verbose", "auto", ["auto", "bar", "line", "quiet"],
+                  "Progress display: bar = redrawn per step, line = one line per epoch, auto = bar on a terminal, "
+                  "line otherwise (CI, nohup, captured output).")
 flags.DEFINE_bool("export", False, "Export the leader (SavedModel + TFLite) when training finishes.")
 flags.DEFINE_string("export_dir", None, "Where to export (default: <output_dir>/export).")
 
