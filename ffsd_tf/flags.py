@@ -25,7 +25,8 @@ class FlagError(ValueError):
 flags.DEFINE_enum("dataset", "cifar100", sorted(DATASETS), "Dataset to train on.")
 flags.DEFINE_string("data_dir", None, "Where the dataset lives (tfds data_dir, an .npz file/folder, an IDX folder, "
                     "or for --dataset=folder a folder with one subfolder of images per class).")
-flags.DEFINE_integer("image_size", None, "Resize images to this square size (--dataset=folder: default 32).", lower_bound=8)
+flags.DEFINE_integer("image_size", None, "Resize images to this square size (--dataset=folder: default 32).",
+                     lower_bound=8)
 flags.DEFINE_float("validation_split", None, "--dataset=folder without val/ or test/: the fraction of each class held "
                    "out for evaluation (stratified, fixed: it does not change with --seed).")
 flags.DEFINE_integer("train_subset", None, "Use only this many training images (seeded subset).", lower_bound=1)

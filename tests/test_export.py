@@ -106,7 +106,8 @@ def test_leader_predictions_vary_across_classes(trained):
 def test_savedmodel_layout_and_report_files(exported):
     assert os.path.basename(exported.version_dir) == "1"
     names = sorted(os.listdir(exported.version_dir))
-    assert {"saved_model.pb", "variables", "assets", "tflite", "report.json", "report.md", "leader.keras"} <= set(names), names
+    expected = {"saved_model.pb", "variables", "assets", "tflite", "report.json", "report.md", "leader.keras"}
+    assert expected <= set(names), names
     assert sorted(os.listdir(os.path.join(exported.version_dir, "tflite"))) == [
         "leader_dynamic.tflite", "leader_fp16.tflite", "leader_fp32.tflite", "leader_int8.tflite"]
     assert [n for n in os.listdir(exported.dir)] == ["1"]  # no temporary directory left

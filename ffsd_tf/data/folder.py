@@ -10,12 +10,13 @@ permuted by a fixed seed, ``SPLIT_SEED``) are held out: the split is stratified 
 with ``--seed``, so runs with different seeds are evaluated on the same images. It is refused with
 ``train/``+``val/`` folders (the split is already given).
 
-Files: ``.jpg .jpeg .png .bmp .gif`` (any case; a class folder is searched recursively; other
-files are ignored; a GIF gives its first frame), decoded by ``tf.io.decode_image``. Every image is
-resized to ``image_size`` x ``image_size`` (default ``DEFAULT_IMAGE_SIZE``; bilinear with
-antialiasing, the aspect ratio is not kept) and rounded to uint8, so the dataset becomes the same
-in-memory uint8 :class:`~ffsd_tf.data.sources.Source` as every other one and gets the project's
-deterministic, resumable augmentation. Channels come from the data: 1 when every image (of both
+Files: ``.jpg .jpeg .png .bmp .gif`` (any case; a class folder is searched recursively, without
+following links to folders; other and hidden files are ignored; a GIF gives its first frame),
+decoded by ``tf.io.decode_image``. Every image is resized to ``image_size`` x ``image_size``
+(default ``DEFAULT_IMAGE_SIZE``; bilinear with antialiasing, the aspect ratio is not kept) and
+rounded to uint8, so the dataset becomes the same in-memory uint8
+:class:`~ffsd_tf.data.sources.Source` as every other one and gets the project's deterministic,
+resumable augmentation. Channels come from the data: 1 when every image (of both
 splits) is grayscale, else 3 (grayscale images are then repeated to RGB; an alpha channel is
 dropped). Mean/std: per channel over the training images (``channel_stats``, in chunks).
 
@@ -44,9 +45,11 @@ def _subfolders(path: str) -> list[str]:
 
 def _image_files(folder: str) -> list[str]:
     found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    for root, dirs, files in os.walk(folder):  # links to folders are not followed: no cycles
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, f) for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+        found += [
+            os.path.join(root, f) for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+        ]
     return sorted(found)
 
 

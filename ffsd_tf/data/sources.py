@@ -256,7 +256,9 @@ def load_generic_npz(data_dir: str | None = None, **_) -> Source:
     if not all(np.issubdtype(y.dtype, np.integer) and y.size for y in labels):
         raise DataError(f"{path}: y_train and y_test must be non-empty integer arrays, got "
                         f"{labels[0].dtype} {labels[0].shape} and {labels[1].dtype} {labels[1].shape}")
-    top = max(int(y.max()) for y in labels)
+    top, lowest = max(int(y.max()) for y in labels), min(int(y.min()) for y in labels)
+    if lowest < 0:
+        raise DataError(f"{path}: labels must be class indices 0, 1, ..., got {lowest}; fix the labels")
     if names is not None:
         if top >= len(names):
             raise DataError(
@@ -268,7 +270,7 @@ def load_generic_npz(data_dir: str | None = None, **_) -> Source:
         num_classes = top + 1
         names = [str(i) for i in range(num_classes)]
     if num_classes < 2:
-        raise DataError(f"{path}: every label is 0; a classifier needs at least 2 classes")
+        raise DataError(f"{path}: every label is 0 and no class_names name a 2nd class; a classifier needs at least 2")
     x_train = arrays["x_train"]
     if not isinstance(x_train, np.ndarray) or x_train.dtype != np.uint8 or x_train.ndim != 4:
         raise DataError(f"{path}: x_train must be uint8 [N, H, W, C] images, got {x_train.dtype} {x_train.shape}")
