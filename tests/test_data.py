@@ -375,6 +375,8 @@ def test_own_npz_takes_classes_names_and_statistics_from_the_data(tmp_path):
     [
         (dict(class_names=np.array(["ant", "bee", "cat"])), "labels reach 4 but class_names has 3 entries"),
         (dict(class_names=np.array([1, 2, 3, 4, 5])), "class_names must be a 1-D array of strings"),
+        (dict(class_names=np.array(["ant", "bee", "ant", "dog", "eel"])), "holds 'ant' more than once"),
+        (dict(class_names=np.array(["ant", "bee", "cat\ndog", "dog", "eel"])), "holds a line break"),
         (dict(y_train=np.zeros(60, np.uint8), y_test=np.zeros(20, np.uint8)), "needs at least 2"),
         (dict(y_train=np.full(60, -1, np.int64)), "labels must be class indices 0, 1, ..., got -1"),
         (dict(y_train=np.full(60, -1, np.int64), y_test=np.full(20, -1, np.int64)), "got -1"),

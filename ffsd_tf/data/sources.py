@@ -118,6 +118,9 @@ class Source:
             raise DataError(f"{where}: mean/std have {len(self.mean)}/{len(self.std)} entries for {channels} channels")
         if len(self.class_names) != self.num_classes:
             raise DataError(f"{where}: {len(self.class_names)} class names for {self.num_classes} classes")
+        broken = [str(c) for c in self.class_names if "\n" in str(c) or "\r" in str(c)]
+        if broken:
+            raise DataError(f"{where}: class name {broken[0]!r} holds a line break; the export stores one name a line")
         return dataclasses.replace(
             self,
             y_train=labels["train"],
@@ -184,6 +187,10 @@ def read_npz(path: str, name: str) -> tuple[dict, list | None]:
                 "save it as np.array(['cat', 'dog', ...])"
             )
         names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names.tolist()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DataError(f"{path}: class_names holds {', '.join(map(repr, twice[:3]))} more than once; "
+                            "give every class its own name")
     return arrays, names
 
 
@@ -244,7 +251,8 @@ def load_generic_npz(data_dir: str | None = None, **_) -> Source:
 
     * classes: ``len(class_names)`` if the file has a ``class_names`` array (the labels must lie
       below it), else ``max label + 1`` over both splits, named ``"0"`` .. ``"K-1"``;
-    * mean/std: per channel over the training images (:func:`channel_stats`);
+    * mean/std: per channel over the training images as stored (before ``train_subset`` and
+      ``image_size``; :func:`channel_stats`);
     * images: uint8 ``[N, H, W, C]`` (or ``[N, H, W]`` for grayscale), any size and channel count.
     """
     path = find_npz(data_dir)
