@@ -116,8 +116,11 @@ def _load_split(items: list, size: int) -> tuple[list, np.ndarray]:
     bad file in sorted order is the one reported."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
         images = list(pool.map(lambda item: _decode(item[0], size), items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a bad file: the files not started yet are dropped
     return images, np.array([label for _, label in items], np.int32)
 
 
