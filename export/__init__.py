@@ -7,6 +7,8 @@
       assets/class_names.txt           and serving_uint8 (uint8 pixels); see ``export.serving``
       fingerprint.pb
       tflite/leader_{fp32,fp16,dynamic,int8}.tflite     see ``export.tflite``
+      leader.keras                   the leader in Keras' native format (normalised float32 -> logits):
+                                     ``import ffsd_tf.networks; keras.models.load_model(...)``
       report.json, report.md         sizes, parameters, accuracy, agreement with Keras, latency
 
 A version is built in ``<export_dir>/.tmp-<version>-<pid>@<host>-<random>/`` and renamed to
@@ -34,6 +36,7 @@ import numpy as np
 
 ALL_FORMATS = ("savedmodel", "fp32", "fp16", "dynamic", "int8")
 TFLITE_DIR = "tflite"
+KERAS_FILE = "leader.keras"  # written with every export
 
 
 class ExportError(ValueError):
@@ -245,6 +248,7 @@ def _build(tmp, leader, *, formats, version, mean, std, class_names, image_shape
     import keras
     import tensorflow as tf
 
+    import ffsd_tf.networks  # noqa: F401  (registers the custom layers that load_model needs)
     from export import report as rep
     from export import serving, tflite
 
@@ -301,6 +305,21 @@ def _build(tmp, leader, *, formats, version, mean, std, class_names, image_shape
         "accuracy": rep.accuracy(reference, eval_labels),
         "latency_ms": rep.latency_ms(keras_probs, eval_images, repeats=latency_repeats),
     }
+
+    # leader.keras, Keras' native file; read back and compared with the leader it was saved from.
+    keras_path = os.path.join(tmp, KERAS_FILE)
+    leader.save(keras_path)
+    reloaded = keras.models.load_model(keras_path, compile=False)
+    reloaded_logits = tf.function(lambda x: reloaded(x, training=False),
+                                  input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])
+
+    def reloaded_probs(pixels):
+        x = (np.asarray(pixels, np.float32) / 255.0 - m) / s
+        return tf.nn.softmax(tf.cast(reloaded_logits(tf.constant(x)), tf.float32)).numpy()
+
+    report["formats"]["keras"].update(path=KERAS_FILE, size_bytes=os.path.getsize(keras_path),
+                                      **rep.compare(batched(reloaded_probs, eval_images), reference))
+    del reloaded, reloaded_logits
 
     def measure(name, predict_batch, extra):
         probs = batched(predict_batch, eval_images)
@@ -390,6 +409,8 @@ def _load_data(run_dir: str, meta: dict, input_shape):
     for key in ("seed", "synthetic_classes", "synthetic_train", "synthetic_test", "image_size", "train_subset", "test_subset"):
         if key in flags and key in accepted:
             kwargs[key] = int(flags[key])
+    if "validation_split" in flags and "validation_split" in accepted:  # --dataset=folder's held-out images
+        kwargs["validation_split"] = float(flags["validation_split"])
     if "synthetic_classes" in accepted and "synthetic_classes" not in kwargs:
         kwargs["synthetic_classes"] = int(meta["num_classes"])
     kwargs = {k: v for k, v in kwargs.items() if k in accepted or "kwargs" in accepted}

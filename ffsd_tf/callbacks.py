@@ -120,15 +120,25 @@ class CompactProgress(keras.callbacks.Callback):
     """A progress bar that shows only what a user scans for: losses and accuracies per model.
 
     ``mode="bar"`` redraws one line per step (terminals); ``"line"`` prints one line per epoch
-    (logs, CI); ``"quiet"`` prints nothing.
+    (logs, CI); ``"quiet"`` prints nothing; ``"auto"`` (the default) is ``"bar"`` when the stream
+    is a terminal and ``"line"`` otherwise, so a log file or captured output gets no redraws.
     """
 
     SHOWN = ("loss", "/acc")
+    MODES = ("auto", "bar", "line", "quiet")
 
-    def __init__(self, epochs: int, steps: int, mode: str = "bar", stream=None):
+    def __init__(self, epochs: int, steps: int, mode: str = "auto", stream=None):
         super().__init__()
-        self.epochs, self.steps, self.mode = epochs, steps, mode
+        if mode not in self.MODES:
+            raise ValueError(f"progress mode must be one of {', '.join(self.MODES)}, got {mode!r}")
         self.stream = stream or sys.stdout
+        if mode == "auto":
+            isatty = getattr(self.stream, "isatty", None)
+            try:
+                mode = "bar" if isatty is not None and isatty() else "line"
+            except (ValueError, OSError):  # a closed or detached stream
+                mode = "line"
+        self.epochs, self.steps, self.mode = epochs, steps, mode
         self._start = 0.0
 
     def _fmt(self, logs):

@@ -23,8 +23,12 @@ class FlagError(ValueError):
 
 # Data ----------------------------------------------------------------------------------------
 flags.DEFINE_enum("dataset", "cifar100", sorted(DATASETS), "Dataset to train on.")
-flags.DEFINE_string("data_dir", None, "Where the dataset lives (tfds data_dir, an .npz file/folder, or an IDX folder).")
-flags.DEFINE_integer("image_size", None, "Resize images to this square size (tests and smoke runs).", lower_bound=8)
+flags.DEFINE_string("data_dir", None, "Where the dataset lives (tfds data_dir, an .npz file/folder, an IDX folder, "
+                    "or for --dataset=folder a folder with one subfolder of images per class).")
+flags.DEFINE_integer("image_size", None, "Resize images to this square size (--dataset=folder: default 32).",
+                     lower_bound=8)
+flags.DEFINE_float("validation_split", None, "--dataset=folder without val/ or test/: the fraction of each class held "
+                   "out for evaluation (stratified, fixed: it does not change with --seed).")
 flags.DEFINE_integer("train_subset", None, "Use only this many training images (seeded subset).", lower_bound=1)
 flags.DEFINE_integer("test_subset", None, "Use only this many test images (seeded subset).", lower_bound=1)
 flags.DEFINE_enum("partial_batch", "drop_small", ["drop_small", "keep", "drop"],
@@ -91,7 +95,9 @@ flags.DEFINE_bool("sync_batchnorm", False, "Synchronise BatchNorm statistics acr
 flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy; mixed_float16 uses a loss scale per optimizer.")
 flags.DEFINE_integer("eval_every", 1, "Evaluate on the test set every this many epochs (and at the last).", lower_bound=1)
 flags.DEFINE_integer("keep_checkpoints", 3, "How many epoch checkpoints to keep.", lower_bound=1)
-flags.DEFINE_enum("verbose", "bar", ["bar", "line", "quiet"], "Progress display.")
+flags.DEFINE_enum("verbose", "auto", ["auto", "bar", "line", "quiet"],
+                  "Progress display: bar = redrawn per step, line = one line per epoch, auto = bar on a terminal, "
+                  "line otherwise (CI, nohup, captured output).")
 flags.DEFINE_bool("export", False, "Export the leader (SavedModel + TFLite) when training finishes.")
 flags.DEFINE_string("export_dir", None, "Where to export (default: <output_dir>/export).")
 

@@ -146,6 +146,7 @@ def train() -> dict:
             synthetic_train=FLAGS.synthetic_train,
             synthetic_test=FLAGS.synthetic_test,
             partial_batch=FLAGS.partial_batch,
+            validation_split=FLAGS.validation_split,
         )
     except DataError as e:
         raise UsageError(str(e)) from None

@@ -98,7 +98,7 @@ def fake_fashion(tmp_path):
 
 
 def test_registry_and_unknown_name():
-    assert set(DATASETS) == {"cifar100", "cifar10", "fashion_mnist", "synthetic", "imagenet2012"}
+    assert set(DATASETS) == {"cifar100", "cifar10", "fashion_mnist", "synthetic", "imagenet2012", "npz", "folder"}
     with pytest.raises(DataError) as e:
         load_dataset("imagenet")
     for name in DATASETS:
@@ -290,30 +290,32 @@ def test_cifar10_tfds_prepared_from_manual_archive(tmp_path):
 # .npz
 
 
-def test_npz_folder_and_file(npz_dir):
-    a = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32)
-    b = load_dataset("cifar10", data_dir=str(npz_dir / "tiny.npz"), batch_size=32)
-    with np.load(npz_dir / "tiny.npz") as f:
+def test_npz_folder_and_file(tmp_path):
+    make_npz(tmp_path / "c10.npz", size=32)
+    a = load_dataset("cifar10", data_dir=str(tmp_path), batch_size=32)
+    b = load_dataset("cifar10", data_dir=str(tmp_path / "c10.npz"), batch_size=32)
+    with np.load(tmp_path / "c10.npz") as f:
         for bundle in (a, b):
             assert np.array_equal(bundle.x_train, f["x_train"]) and np.array_equal(bundle.y_test, f["y_test"])
-            assert bundle.y_train.dtype == np.int32 and bundle.image_shape == (16, 16, 3)
+            assert bundle.y_train.dtype == np.int32 and bundle.image_shape == (32, 32, 3)
             assert bundle.class_names == CIFAR10_CLASSES
+            assert bundle.mean == (0.4914, 0.4822, 0.4465)  # a CIFAR-10 file keeps CIFAR-10's statistics
     x, y = next(iter(a.raw("test")))
-    assert x.dtype == tf.uint8 and y.dtype == tf.int32 and x.shape == (16, 16, 3)
+    assert x.dtype == tf.uint8 and y.dtype == tf.int32 and x.shape == (32, 32, 3)
 
 
 def test_npz_cifar100_and_column_labels(tmp_path):
-    make_npz(tmp_path / "c100.npz", n_train=200, classes=100, y_test=(np.arange(30) % 100).reshape(-1, 1))
+    make_npz(tmp_path / "c100.npz", n_train=200, classes=100, size=32, y_test=(np.arange(30) % 100).reshape(-1, 1))
     bundle = load_dataset("cifar100", data_dir=str(tmp_path))
     assert bundle.num_classes == 100 and bundle.class_names == CIFAR100_CLASSES
     assert bundle.y_train.max() == 99 and bundle.y_test.shape == (30,)
 
 
 def test_npz_errors(tmp_path):
-    make_npz(tmp_path / "bad.npz", y_train=np.full(100, 10, np.uint8))
+    make_npz(tmp_path / "bad.npz", size=32, y_train=np.full(100, 10, np.uint8))
     with pytest.raises(DataError, match=r"labels span \[10, 10\].*10 classes"):
         load_dataset("cifar10", data_dir=str(tmp_path / "bad.npz"))
-    make_npz(tmp_path / "short.npz", y_train=np.zeros(99, np.uint8))
+    make_npz(tmp_path / "short.npz", size=32, y_train=np.zeros(99, np.uint8))
     with pytest.raises(DataError, match="100 train images but 99 train labels"):
         load_dataset("cifar10", data_dir=str(tmp_path / "short.npz"))
     np.savez(tmp_path / "nokeys.npz", x_train=np.zeros((2, 4, 4, 3), np.uint8))
@@ -321,13 +323,86 @@ def test_npz_errors(tmp_path):
         load_dataset("cifar10", data_dir=str(tmp_path / "nokeys.npz"))
     with pytest.raises(DataError, match="several .npz"):
         load_dataset("cifar10", data_dir=str(tmp_path))
-    make_npz(tmp_path / "float.npz", x_train=np.zeros((100, 16, 16, 3), np.float32))
+    make_npz(tmp_path / "float.npz", size=32, x_train=np.zeros((100, 32, 32, 3), np.float32))
     with pytest.raises(DataError, match="uint8"):
         load_dataset("cifar10", data_dir=str(tmp_path / "float.npz"))
     # a CIFAR-10 file given as CIFAR-100 is caught, not trained on
-    make_npz(tmp_path / "ten.npz", n_train=1000, size=4)
+    make_npz(tmp_path / "ten.npz", n_train=1000, size=32)
     with pytest.raises(DataError, match="only 10 of cifar100's 100 classes"):
         load_dataset("cifar100", data_dir=str(tmp_path / "ten.npz"))
+
+
+def five_class_npz(path: Path, **override) -> Path:
+    """The issue's case: 5 classes of 24x24 RGB images, not CIFAR-10."""
+    return make_npz(path, n_train=60, n_test=20, size=24, classes=5, seed=4, **override)
+
+
+def test_own_npz_named_as_cifar10_is_refused_not_relabelled(tmp_path):
+    """Regression (issue 15): a 5-class 24x24 .npz as --dataset=cifar10 trained with CIFAR-10's metadata."""
+    path = five_class_npz(tmp_path / "my5.npz")
+    with pytest.raises(DataError, match=r"images are 24x24x3 but cifar10's are 32x32x3.*--dataset=npz") as e:
+        load_dataset("cifar10", data_dir=str(path))
+    assert "\n" not in str(e.value)
+    # The right shape but its own class names: refused too, never silently renamed.
+    make_npz(tmp_path / "named.npz", size=32, class_names=np.array(CIFAR10_CLASSES[::-1]))
+    with pytest.raises(DataError, match="class_names .* are not cifar10's"):
+        load_dataset("cifar10", data_dir=str(tmp_path / "named.npz"))
+    # Labels beyond the named dataset's classes: one line naming the fix.
+    make_npz(tmp_path / "eleven.npz", size=32, classes=11)
+    with pytest.raises(DataError, match=r"labels span \[0, 10\].*--dataset=npz"):
+        load_dataset("cifar10", data_dir=str(tmp_path / "eleven.npz"))
+
+
+def test_own_npz_takes_classes_names_and_statistics_from_the_data(tmp_path):
+    path = five_class_npz(tmp_path / "my5.npz")
+    bundle = load_dataset("npz", data_dir=str(path), batch_size=8)
+    assert (bundle.num_classes, bundle.image_shape) == (5, (24, 24, 3))
+    assert bundle.class_names == ["0", "1", "2", "3", "4"]
+    with np.load(path) as f:
+        pixels = f["x_train"].astype(np.float64) / 255.0
+    np.testing.assert_allclose(bundle.mean, pixels.mean(axis=(0, 1, 2)), rtol=1e-9)
+    np.testing.assert_allclose(bundle.std, pixels.std(axis=(0, 1, 2)), rtol=1e-9)
+    x, _ = next(iter(bundle.test_dataset()))
+    np.testing.assert_allclose(x.numpy(), normalized(bundle, bundle.x_test[:8]), atol=1e-5)
+
+    names = np.array(["ant", "bee", "cat", "dog", "eel", "fox"])  # a 6th class without images yet
+    bundle = load_dataset("npz", data_dir=str(five_class_npz(tmp_path / "named.npz", class_names=names)))
+    assert bundle.num_classes == 6 and bundle.class_names == list(names)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        (dict(class_names=np.array(["ant", "bee", "cat"])), "labels reach 4 but class_names has 3 entries"),
+        (dict(class_names=np.array([1, 2, 3, 4, 5])), "class_names must be a 1-D array of strings"),
+        (dict(class_names=np.array(["ant", "bee", "ant", "dog", "eel"])), "holds 'ant' more than once"),
+        (dict(class_names=np.array(["ant", "bee", "cat\ndog", "dog", "eel"])), "holds a line break"),
+        (dict(y_train=np.zeros(60, np.uint8), y_test=np.zeros(20, np.uint8)), "needs at least 2"),
+        (dict(y_train=np.full(60, -1, np.int64)), "labels must be class indices 0, 1, ..., got -1"),
+        (dict(y_train=np.full(60, -1, np.int64), y_test=np.full(20, -1, np.int64)), "got -1"),
+        (dict(x_train=np.zeros((60, 24, 24, 3), np.float32)), "x_train must be uint8"),
+    ],
+)
+def test_own_npz_errors_are_one_line(tmp_path, override, needle):
+    path = five_class_npz(tmp_path / "bad.npz", **override)
+    with pytest.raises(DataError, match=needle) as e:
+        load_dataset("npz", data_dir=str(path))
+    assert "\n" not in str(e.value)
+
+
+def test_own_npz_needs_a_file(tmp_path):
+    with pytest.raises(DataError, match="--dataset=npz needs --data_dir"):
+        load_dataset("npz")
+    with pytest.raises(DataError, match="holds no .npz file"):
+        load_dataset("npz", data_dir=str(tmp_path))
+
+
+def test_fashion_mnist_refuses_images_of_another_size(fake_fashion):
+    folder, arrays = fake_fashion
+    (images,) = folder.glob("train-images-idx3-ubyte*")
+    write_bytes(images, idx_bytes(arrays["x_train"][:, :24, :24], 0x08, ">u1"))
+    with pytest.raises(DataError, match="images are 24x24 but Fashion-MNIST's are 28x28"):
+        load_dataset("fashion_mnist", data_dir=str(folder))
 
 
 @pytest.mark.skipif(not SHARED_CIFAR10.is_dir(), reason=f"{SHARED_CIFAR10} absent (shared real CIFAR-10 data)")
@@ -345,8 +420,8 @@ def test_real_cifar10_npz():
 
 
 def test_epoch_k_of_a_run_equals_a_run_resumed_at_k(npz_dir):
-    a = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, seed=3, partial_batch="keep")
-    b = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, seed=3, partial_batch="keep")
+    a = load_dataset("npz", data_dir=str(npz_dir), batch_size=32, seed=3, partial_batch="keep")
+    b = load_dataset("npz", data_dir=str(npz_dir), batch_size=32, seed=3, partial_batch="keep")
     steps = a.steps_per_epoch
     assert steps == 4
     run = batches(a.train_stream(0), 3 * steps)
@@ -359,7 +434,7 @@ def test_epoch_k_of_a_run_equals_a_run_resumed_at_k(npz_dir):
     assert not np.array_equal(labels[0], labels[1])  # a new order every epoch
     for lab in labels:
         assert np.array_equal(np.sort(lab), np.sort(a.y_train))
-    other = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, seed=4, partial_batch="keep")
+    other = load_dataset("npz", data_dir=str(npz_dir), batch_size=32, seed=4, partial_batch="keep")
     assert not same_batches(batches(other.train_stream(0), steps), epochs[0])
 
 
@@ -378,7 +453,7 @@ def test_epoch_k_of_a_run_equals_a_run_resumed_at_k(npz_dir):
 )
 def test_partial_batch_policy(tmp_path, n, batch, policy, sizes):
     path = make_npz(tmp_path / "d.npz", n_train=n, n_test=10, size=8)
-    bundle = load_dataset("cifar10", data_dir=str(path), batch_size=batch, seed=1, partial_batch=policy)
+    bundle = load_dataset("npz", data_dir=str(path), batch_size=batch, seed=1, partial_batch=policy)
     assert bundle.steps_per_epoch == len(sizes)
     got = batches(bundle.train_stream(0), 3 * len(sizes))
     assert [len(y) for _, y in got] == sizes * 3  # epochs stay aligned with fit's steps_per_epoch
@@ -390,16 +465,16 @@ def test_partial_batch_policy(tmp_path, n, batch, policy, sizes):
 def test_default_policy_drops_a_tiny_last_batch(tmp_path):
     """Regression (issue 13): 5,000 images at batch 128 gave a 40th step of 8 images every epoch."""
     path = make_npz(tmp_path / "d.npz", n_train=5000, n_test=10, size=8)
-    bundle = load_dataset("cifar10", data_dir=str(path), batch_size=128)
+    bundle = load_dataset("npz", data_dir=str(path), batch_size=128)
     assert bundle.partial_batch == "drop_small" and bundle.steps_per_epoch == 39
     assert {len(y) for _, y in batches(bundle.train_stream(3), 39)} == {128}
-    keep = load_dataset("cifar10", data_dir=str(path), batch_size=128, partial_batch="keep")
+    keep = load_dataset("npz", data_dir=str(path), batch_size=128, partial_batch="keep")
     assert keep.steps_per_epoch == 40
 
 
 def test_every_image_is_trained_on_when_the_remainder_is_dropped(tmp_path):
     path = make_npz(tmp_path / "d.npz", n_train=50, n_test=10, size=8)
-    bundle = load_dataset("cifar10", data_dir=str(path), batch_size=16, augment=False, seed=2)
+    bundle = load_dataset("npz", data_dir=str(path), batch_size=16, augment=False, seed=2)
     assert bundle.steps_per_epoch == 3  # 50 = 3 x 16 + 2
     images = np.concatenate([x for x, _ in batches(bundle.train_stream(0), 3 * 10)])
     pixels = np.rint((images * np.array(bundle.std) + np.array(bundle.mean)) * 255).astype(np.uint8)
@@ -409,11 +484,11 @@ def test_every_image_is_trained_on_when_the_remainder_is_dropped(tmp_path):
 
 def test_unknown_partial_batch_policy_is_a_data_error(npz_dir):
     with pytest.raises(DataError, match="partial_batch must be one of drop_small, keep, drop"):
-        load_dataset("cifar10", data_dir=str(npz_dir), partial_batch="sometimes")
+        load_dataset("npz", data_dir=str(npz_dir), partial_batch="sometimes")
 
 
 def test_each_epoch_is_a_full_shuffle(npz_dir):
-    bundle = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, augment=False, partial_batch="keep")
+    bundle = load_dataset("npz", data_dir=str(npz_dir), batch_size=32, augment=False, partial_batch="keep")
     images = np.concatenate([x for x, _ in batches(bundle.train_stream(5), bundle.steps_per_epoch)])
     pixels = np.rint((images * np.array(bundle.std) + np.array(bundle.mean)) * 255).astype(np.uint8)
     flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
@@ -423,8 +498,8 @@ def test_each_epoch_is_a_full_shuffle(npz_dir):
 
 
 def test_augmentation_is_reflect_pad_crop_flip(npz_dir):
-    aug = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=50, seed=7)
-    plain = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=50, seed=7, augment=False)
+    aug = load_dataset("npz", data_dir=str(npz_dir), batch_size=50, seed=7)
+    plain = load_dataset("npz", data_dir=str(npz_dir), batch_size=50, seed=7, augment=False)
     (xa, ya), (xp, yp) = batches(aug.train_stream(0), 1)[0], batches(plain.train_stream(0), 1)[0]
     assert np.array_equal(ya, yp)  # same order: the shuffle does not depend on augmentation
     assert not np.allclose(xa, xp)
@@ -451,7 +526,7 @@ def test_augmentation_is_reflect_pad_crop_flip(npz_dir):
 
 
 def test_test_dataset_and_normalize(npz_dir):
-    bundle = load_dataset("cifar10", data_dir=str(npz_dir), batch_size=32, eval_batch_size=8)
+    bundle = load_dataset("npz", data_dir=str(npz_dir), batch_size=32, eval_batch_size=8)
     assert bundle.eval_steps == 4
     first = batches(bundle.test_dataset(), 10)
     assert len(first) == 4 and [len(y) for _, y in first] == [8, 8, 8, 6]

@@ -106,7 +106,8 @@ def test_leader_predictions_vary_across_classes(trained):
 def test_savedmodel_layout_and_report_files(exported):
     assert os.path.basename(exported.version_dir) == "1"
     names = sorted(os.listdir(exported.version_dir))
-    assert {"saved_model.pb", "variables", "assets", "tflite", "report.json", "report.md"} <= set(names), names
+    expected = {"saved_model.pb", "variables", "assets", "tflite", "report.json", "report.md", "leader.keras"}
+    assert expected <= set(names), names
     assert sorted(os.listdir(os.path.join(exported.version_dir, "tflite"))) == [
         "leader_dynamic.tflite", "leader_fp16.tflite", "leader_fp32.tflite", "leader_int8.tflite"]
     assert [n for n in os.listdir(exported.dir)] == ["1"]  # no temporary directory left
@@ -138,6 +139,22 @@ def test_savedmodel_matches_keras_from_raw_pixels(trained, exported):
     # Variable batch size, batch of one included.
     one = loaded.signatures["serving_default"](images=tf.constant(pixels[:1].astype(np.float32)))
     np.testing.assert_allclose(one["probabilities"].numpy(), ref[:1], atol=1e-5)
+
+
+def test_leader_keras_file_loads_and_predicts_as_the_savedmodel(trained, exported):
+    """leader.keras: keras.models.load_model gives the leader, identical to the SavedModel on normalised input."""
+    path = os.path.join(exported.version_dir, export.KERAS_FILE)
+    leader = keras.models.load_model(path)
+    assert isinstance(leader, keras.Model) and leader.count_params() == trained.leader.count_params()
+    pixels = trained.eval_x[:64]
+    probs = tf.nn.softmax(leader.predict(normalise(pixels), verbose=0)).numpy()
+    loaded = tf.saved_model.load(exported.version_dir)
+    served = loaded.signatures[serving.UINT8_SIGNATURE](images=tf.constant(pixels))["probabilities"].numpy()
+    np.testing.assert_allclose(probs, served, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(probs, trained.reference[:64], atol=1e-5, rtol=0)
+    row = exported.report["formats"]["keras"]
+    assert row["path"] == "leader.keras" and row["size_bytes"] == os.path.getsize(path)
+    assert row["max_abs_prob_diff"] < 1e-5 and row["top1_agreement"] == 1.0
 
 
 def test_saved_model_cli_shows_the_serving_signature(exported):

@@ -8,7 +8,8 @@
               initial_epoch=initial_epoch, validation_data=bundle.test_dataset(), ...)
 
 * ``sources.py``: one loader per dataset (CIFAR-100/10 via tfds or a local .npz, Fashion-MNIST
-  from IDX files, a synthetic task) and the ``DATASETS`` registry.
+  from IDX files, your own ``.npz``, a synthetic task) and the ``DATASETS`` registry.
+* ``folder.py``: ``folder``, your own images in one subfolder per class.
 * ``pipeline.py``: ``load_dataset`` and ``DataBundle`` (subsets, resizing, the paper's
   augmentation, normalisation, per-epoch deterministic shuffling).
 * ``idx.py``: a strict IDX file reader, and ``DataError``.

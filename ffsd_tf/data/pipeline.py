@@ -254,6 +254,7 @@ def load_dataset(
     synthetic_test: int = 256,
     pad: int = DEFAULT_PAD,
     partial_batch: str = DEFAULT_PARTIAL_BATCH,
+    validation_split: float | None = None,
 ) -> DataBundle:
     """Loads dataset ``name`` (a key of ``DATASETS``) into memory, validated, and wraps it in a DataBundle.
 
@@ -269,6 +270,8 @@ def load_dataset(
       pad: reflect padding before the random crop (the paper's 4).
       partial_batch: what to do with a last, partial training batch: ``drop_small`` (drop it if
         it is under half a batch; the default), ``keep`` (the authors' loader) or ``drop``.
+      validation_split: ``folder`` only, for a folder without ``val/``/``test/``: the fraction
+        of each class held out as the test split (fixed, stratified; see ``folder.py``).
 
     Streaming datasets (``imagenet2012``) return their own bundle with the same interface (see
     ``imagenet.py``); ``image_size`` then sets the crop size, ``pad`` and ``synthetic_*`` do not apply.
@@ -290,6 +293,11 @@ def load_dataset(
         raise DataError(f"pad must be a non-negative integer, got {pad!r}")
     seed = int(seed)
     batches_per_epoch(1, 1, partial_batch)  # validates the policy name
+    if validation_split is not None:
+        if name != "folder":
+            raise DataError(f"validation_split applies to the folder dataset only, not {name}; drop it")
+        if isinstance(validation_split, bool) or not 0 < float(validation_split) < 1:
+            raise DataError(f"validation_split must be a fraction in (0, 1), e.g. 0.2, got {validation_split!r}")
 
     if getattr(DATASETS[name], "streams", False):  # imagenet2012: streamed from disk, its own bundle
         return DATASETS[name](
@@ -311,6 +319,7 @@ def load_dataset(
         synthetic_train=synthetic_train,
         synthetic_test=synthetic_test,
         image_size=image_size,
+        validation_split=validation_split,
     )
     source = source.validated()  # loaders validate too; this guards loaders added later
 

@@ -10,7 +10,9 @@ network.
 Loaders:
 
 * ``cifar100`` / ``cifar10``: a local ``.npz`` (``x_train, y_train, x_test, y_test``) when
-  ``data_dir`` is one, or a folder holding exactly one; otherwise TensorFlow Datasets in
+  ``data_dir`` is one, or a folder holding exactly one (it must hold 32x32x3 images, labels in
+  the dataset's range and, if it has a ``class_names`` array, the dataset's names: anything else is
+  a DataError pointing at ``npz``, never a silent relabel); otherwise TensorFlow Datasets in
   ``data_dir`` (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). When the tfds dataset is
   not prepared yet it is prepared offline from the official *binary* archive placed at
   ``<data_dir>/downloads/manual/cifar-{10,100}-binary.tar.gz`` (tfds' manual directory; it looks
@@ -18,7 +20,11 @@ Loaders:
   then; without the archive the loader fails within a second instead of letting tfds retry the
   download for minutes. Normalisation: the authors' CIFAR-100 values, the canonical CIFAR-10 ones.
 * ``fashion_mnist``: the four IDX files (raw or ``.gz``) in ``data_dir``, default
-  ``/usr/share/datasets/fashion-mnist`` (Debian/Ubuntu package ``dataset-fashion-mnist``).
+  ``/usr/share/datasets/fashion-mnist`` (Debian/Ubuntu package ``dataset-fashion-mnist``); 28x28
+  images and labels 0..9, else DataError.
+* ``npz``: any ``.npz`` with ``x_train, y_train, x_test, y_test`` and optionally ``class_names``
+  (your own data): the metadata come from the data (see :func:`load_generic_npz`).
+* ``folder``: a folder of images, one subfolder per class (see ``folder.py``).
 * ``synthetic``: a seeded, learnable toy task for smoke runs, tests and benchmarks (see
   :func:`load_synthetic`).
 * ``imagenet2012``: the exception: it streams from tfds instead of loading into memory, so its
@@ -112,6 +118,9 @@ class Source:
             raise DataError(f"{where}: mean/std have {len(self.mean)}/{len(self.std)} entries for {channels} channels")
         if len(self.class_names) != self.num_classes:
             raise DataError(f"{where}: {len(self.class_names)} class names for {self.num_classes} classes")
+        broken = [str(c) for c in self.class_names if "\n" in str(c) or "\r" in str(c)]
+        if broken:
+            raise DataError(f"{where}: class name {broken[0]!r} holds a line break; the export stores one name a line")
         return dataclasses.replace(
             self,
             y_train=labels["train"],
@@ -153,8 +162,8 @@ def find_npz(data_dir: str | None) -> str | None:
     return None
 
 
-def load_npz(path: str, name: str, num_classes: int, mean, std, class_names) -> Source:
-    """Reads ``x_train, y_train, x_test, y_test`` (uint8 NHWC images, labels) from an ``.npz``."""
+def read_npz(path: str, name: str) -> tuple[dict, list | None]:
+    """The four arrays of an ``.npz`` (grayscale NHW made NHW1) and its ``class_names`` (or None)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in NPZ_KEYS if k not in f.files]
@@ -163,22 +172,118 @@ def load_npz(path: str, name: str, num_classes: int, mean, std, class_names) -> 
                     f"{path} lacks {', '.join(missing)}; a {name} .npz must hold x_train, y_train, x_test, y_test"
                 )
             arrays = {k: f[k] for k in NPZ_KEYS}
+            names = f["class_names"] if "class_names" in f.files else None
     except DataError:
         raise
-    except Exception as e:  # zipfile.BadZipFile, ValueError, EOFError, OSError ...
+    except Exception as e:  # zipfile.BadZipFile, ValueError, EOFError, OSError, pickled object arrays ...
         raise DataError(f"cannot read {path} as an .npz file ({_why(e)})") from None
     for k in ("x_train", "x_test"):
         if arrays[k].ndim == 3:  # grayscale NHW -> NHW1
             arrays[k] = arrays[k][..., None]
+    if names is not None:
+        if names.ndim != 1 or names.dtype.kind not in "US" or len(names) == 0:
+            raise DataError(
+                f"{path}: class_names must be a 1-D array of strings, got {names.dtype} {names.shape}; "
+                "save it as np.array(['cat', 'dog', ...])"
+            )
+        names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names.tolist()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DataError(f"{path}: class_names holds {', '.join(map(repr, twice[:3]))} more than once; "
+                            "give every class its own name")
+    return arrays, names
+
+
+def load_npz(path: str, name: str, num_classes: int, mean, std, class_names, image_shape=None) -> Source:
+    """A named dataset's ``.npz``: ``x_train, y_train, x_test, y_test`` (uint8 NHWC images, labels).
+
+    The file must be that dataset: images of ``image_shape`` (when given), labels in
+    ``[0, num_classes)`` and, if the file has a ``class_names`` array, exactly ``class_names``.
+    The dataset's own normalisation and names are used, so any mismatch is a DataError that points
+    at ``--dataset=npz`` (metadata from the data) instead of a silent relabel.
+    """
+    arrays, names = read_npz(path, name)
+    fix = "for other data pass --dataset=npz (classes, names and mean/std from the data)"
+    shape = tuple(arrays["x_train"].shape[1:])
+    if image_shape is not None and arrays["x_train"].ndim == 4 and shape != tuple(image_shape):
+        raise DataError(
+            f"{path}: images are {'x'.join(map(str, shape))} but {name}'s are {'x'.join(map(str, image_shape))}; {fix}"
+        )
+    if names is not None and names != list(class_names):
+        raise DataError(f"{path}: its class_names ({', '.join(names[:4])}, ...) are not {name}'s; {fix}")
     source = Source(name, num_classes, mean=mean, std=std, class_names=class_names, origin=path, **arrays)
-    source = source.validated()
+    try:
+        source = source.validated()
+    except DataError as e:
+        raise DataError(f"{e}; {fix}" if "labels span" in str(e) else str(e)) from None
     # Catch the likely mistake of pointing one dataset at another's file (e.g. cifar100 at CIFAR-10).
     present = np.unique(source.y_train).size
     if len(source.y_train) >= 10 * num_classes and present < num_classes:
         raise DataError(
-            f"{path}: its train labels use only {present} of {name}'s {num_classes} classes; is it a {name} file?"
+            f"{path}: its train labels use only {present} of {name}'s {num_classes} classes; is it a {name} file? {fix}"
         )
     return source
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple, tuple]:
+    """Per-channel mean and std of uint8 NHWC ``images`` in [0, 1] pixel units, streamed in chunks.
+
+    Float64 sums of ``x`` and ``x^2`` over chunks of ``chunk`` images (no float copy of the whole
+    set); the population std (NumPy's ``ddof=0``), floored at 1e-3 so a constant channel cannot
+    divide by zero.
+    """
+    channels = images.shape[-1]
+    total, squares, count = np.zeros(channels), np.zeros(channels), 0
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].reshape(-1, channels).astype(np.float64) / 255.0
+        total += x.sum(axis=0)
+        squares += np.square(x).sum(axis=0)
+        count += len(x)
+    if count == 0:
+        raise DataError("cannot compute mean/std of an empty training split")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in np.maximum(std, 1e-3))
+
+
+def load_generic_npz(data_dir: str | None = None, **_) -> Source:
+    """Your own ``.npz`` (``--dataset=npz``): its metadata come from the data, never from a named dataset.
+
+    * classes: ``len(class_names)`` if the file has a ``class_names`` array (the labels must lie
+      below it), else ``max label + 1`` over both splits, named ``"0"`` .. ``"K-1"``;
+    * mean/std: per channel over the training images as stored (before ``train_subset`` and
+      ``image_size``; :func:`channel_stats`);
+    * images: uint8 ``[N, H, W, C]`` (or ``[N, H, W]`` for grayscale), any size and channel count.
+    """
+    path = find_npz(data_dir)
+    if path is None:
+        where = f"{data_dir} holds no .npz file" if data_dir else "--dataset=npz needs --data_dir"
+        raise DataError(f"{where}; pass --data_dir=<an .npz with x_train, y_train, x_test, y_test [, class_names]>")
+    arrays, names = read_npz(path, "npz")
+    labels = [np.asarray(arrays[k]) for k in ("y_train", "y_test")]
+    if not all(np.issubdtype(y.dtype, np.integer) and y.size for y in labels):
+        raise DataError(f"{path}: y_train and y_test must be non-empty integer arrays, got "
+                        f"{labels[0].dtype} {labels[0].shape} and {labels[1].dtype} {labels[1].shape}")
+    top, lowest = max(int(y.max()) for y in labels), min(int(y.min()) for y in labels)
+    if lowest < 0:
+        raise DataError(f"{path}: labels must be class indices 0, 1, ..., got {lowest}; fix the labels")
+    if names is not None:
+        if top >= len(names):
+            raise DataError(
+                f"{path}: labels reach {top} but class_names has {len(names)} entries; "
+                f"give one name per class (at least {top + 1}) or fix the labels"
+            )
+        num_classes = len(names)
+    else:
+        num_classes = top + 1
+        names = [str(i) for i in range(num_classes)]
+    if num_classes < 2:
+        raise DataError(f"{path}: every label is 0 and no class_names name a 2nd class; a classifier needs at least 2")
+    x_train = arrays["x_train"]
+    if not isinstance(x_train, np.ndarray) or x_train.dtype != np.uint8 or x_train.ndim != 4:
+        raise DataError(f"{path}: x_train must be uint8 [N, H, W, C] images, got {x_train.dtype} {x_train.shape}")
+    mean, std = channel_stats(x_train)
+    return Source("npz", num_classes, mean=mean, std=std, class_names=names, origin=path, **arrays).validated()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +375,7 @@ def load_cifar100(data_dir: str | None = None, **_) -> Source:
     mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # the authors' values (SJLeo/FFSD)
     npz = find_npz(data_dir)
     if npz:
-        return load_npz(npz, "cifar100", 100, mean, std, CIFAR100_CLASSES)
+        return load_npz(npz, "cifar100", 100, mean, std, CIFAR100_CLASSES, image_shape=(32, 32, 3))
     return load_tfds(
         "cifar100", data_dir, "cifar-100-binary.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
         100, mean, std, CIFAR100_CLASSES,
@@ -282,7 +387,7 @@ def load_cifar10(data_dir: str | None = None, **_) -> Source:
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # the canonical train-set statistics
     npz = find_npz(data_dir)
     if npz:
-        return load_npz(npz, "cifar10", 10, mean, std, CIFAR10_CLASSES)
+        return load_npz(npz, "cifar10", 10, mean, std, CIFAR10_CLASSES, image_shape=(32, 32, 3))
     return load_tfds(
         "cifar10", data_dir, "cifar-10-binary.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
         10, mean, std, CIFAR10_CLASSES,
@@ -317,6 +422,11 @@ def load_fashion_mnist(data_dir: str | None = None, **_) -> Source:
         if key.startswith("x"):
             if array.ndim != 3 or array.dtype != np.uint8:
                 raise DataError(f"{path}: expected uint8 images of shape (N, H, W), got {array.dtype} {array.shape}")
+            if array.shape[1:] != (28, 28):
+                raise DataError(
+                    f"{path}: images are {array.shape[1]}x{array.shape[2]} but Fashion-MNIST's are 28x28; "
+                    "for other data pass --dataset=npz with an .npz of your arrays"
+                )
             array = array[..., None]
         elif array.ndim != 1 or array.dtype != np.uint8:
             raise DataError(f"{path}: expected uint8 labels of shape (N,), got {array.dtype} {array.shape}")
@@ -405,10 +515,19 @@ def load_imagenet2012(data_dir: str | None = None, **kwargs):
 
 load_imagenet2012.streams = True  # load_dataset hands it the pipeline arguments and returns its bundle
 
+
+def load_folder(data_dir: str | None = None, **kwargs) -> Source:
+    """A folder of your own images, one subfolder per class; see ``folder.py``."""
+    from ffsd_tf.data.folder import load_folder as load
+
+    return load(data_dir, **kwargs)
+
 DATASETS: dict[str, Callable[..., Source]] = {
     "cifar100": load_cifar100,
     "cifar10": load_cifar10,
     "fashion_mnist": load_fashion_mnist,
     "synthetic": load_synthetic,
     "imagenet2012": load_imagenet2012,
+    "npz": load_generic_npz,
+    "folder": load_folder,
 }
