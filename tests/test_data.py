@@ -277,13 +277,13 @@ def test_cifar10_tfds_prepared_from_manual_archive(tmp_path):
     manual.mkdir(parents=True)
     (manual / "cifar-10-binary.tar.gz").write_bytes(b"placeholder")
     with tfds.testing.mock_data(num_examples=24):
-        bundle = load_dataset("cifar10", data_dir=str(tmp_path), batch_size=10)
+        bundle = load_dataset("cifar10", data_dir=str(tmp_path), batch_size=10, partial_batch="keep")
     assert bundle.num_classes == 10 and bundle.image_shape == (32, 32, 3)
     assert bundle.class_names == CIFAR10_CLASSES  # the mock builder only knows "0".."9"
     assert bundle.mean == (0.4914, 0.4822, 0.4465) and bundle.std == (0.2470, 0.2435, 0.2616)
     assert bundle.y_train.max() < 10 and bundle.steps_per_epoch == 3
     x, y = batches(bundle.train_stream(0), 3)[-1]
-    assert x.shape == (4, 32, 32, 3) and y.shape == (4,)  # the last, partial batch is kept
+    assert x.shape == (4, 32, 32, 3) and y.shape == (4,)  # the last, partial batch is kept (policy keep)
 
 
 # ---------------------------------------------------------------------------------------------
