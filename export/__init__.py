@@ -308,7 +308,9 @@ def _build(tmp, leader, *, formats, version, mean, std, class_names, image_shape
 
     # leader.keras, Keras' native file; read back and compared with the leader it was saved from.
     keras_path = os.path.join(tmp, KERAS_FILE)
-    leader.save(keras_path)
+    from ffsd_tf.networks.layers import with_keras_batchnorm
+
+    with_keras_batchnorm(leader).save(keras_path)  # loads with plain Keras: no ffsd_tf import needed
     reloaded = keras.models.load_model(keras_path, compile=False)
     reloaded_logits = tf.function(lambda x: reloaded(x, training=False),
                                   input_signature=[tf.TensorSpec([None, *image_shape], tf.float32)])

@@ -157,6 +157,21 @@ def test_leader_keras_file_loads_and_predicts_as_the_savedmodel(trained, exporte
     assert row["max_abs_prob_diff"] < 1e-5 and row["top1_agreement"] == 1.0
 
 
+def test_leader_keras_file_loads_in_plain_keras(trained, exported, tmp_path):
+    """No ffsd_tf import (a fresh interpreter outside the repository): only Keras' own layers."""
+    import subprocess
+    import sys
+
+    path = os.path.join(exported.version_dir, export.KERAS_FILE)
+    code = ("import sys, keras; m = keras.models.load_model(sys.argv[1]); "
+            "assert not any(n.startswith('ffsd_tf') for n in sys.modules); print(m.count_params())")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code, path], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) == trained.leader.count_params()
+
+
 def test_saved_model_cli_shows_the_serving_signature(exported):
     proc = subprocess.run([os.path.join(BIN, "saved_model_cli"), "show", "--all", "--dir", exported.version_dir],
                           capture_output=True, text=True, timeout=120)

@@ -141,3 +141,21 @@ def conv_transpose_x2(x, filters: int, *, name: str):
         name=name,
     )(x)
     return layers.Cropping2D(((1, 0), (1, 0)), name=f"{name}_crop")(y)
+
+
+def with_keras_batchnorm(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` with Keras' own BatchNormalization in place of ``TorchBatchNormalization``.
+
+    The two differ only in how training updates the moving variance, so the copy predicts
+    identically; saved as ``.keras`` it loads with plain ``keras.models.load_model``, no import of
+    ffsd_tf needed (the exported ``leader.keras``).
+    """
+
+    def clone(layer):
+        if isinstance(layer, TorchBatchNormalization):
+            return layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    plain = keras.models.clone_model(model, clone_function=clone)
+    plain.set_weights(model.get_weights())
+    return plain
