@@ -51,6 +51,7 @@ import tensorflow as tf
 from ffsd_tf import losses
 from ffsd_tf.attention import diversity_feature_target, loss_float
 from ffsd_tf.fusion import build_fusion_module, build_trans_fusion
+from ffsd_tf.keras_adapter import KerasPrivateOverrides
 from ffsd_tf.networks import build_network
 from ffsd_tf.networks.layers import synchronized_batchnorm
 from ffsd_tf.schedules import parse_weight_schedule
@@ -148,17 +149,12 @@ class FFSDConfig:
         return self.leader and self.fusion and self.self_distillation in ("both", "leader")
 
 
-def _multi_worker(strategy) -> bool:
-    """Keras' own condition for its cross-worker fit/evaluate paths (keras-team/keras#20585)."""
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
-
-
 def student_name(i: int) -> str:
     """Paper numbering: common students are S_1..S_n."""
     return f"student{i + 1}"
 
 
-class FFSD(keras.Model):
+class FFSD(KerasPrivateOverrides, keras.Model):
     """Online distillation of a cohort into a leader by Feature Fusion and Self-Distillation."""
 
     def __init__(self, config: FFSDConfig, loss_weights: Mapping[str, Callable[[int], float]] | None = None, **kwargs):
@@ -446,26 +442,6 @@ class FFSD(keras.Model):
 
         per_role = {r: tf.add_n(v) for r, v in role_loss.items() if v}
         return per_role, terms, logits
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Networks are built at construction and optimizers at compile. Keras 3.15 first averages
-        # an (x, y) batch across workers here, which fails under MultiWorkerMirroredStrategy.
-        if _multi_worker(self.distribute_strategy):
-            return
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def _get_metrics_result_or_logs(self, logs):
-        # Our steps already return running means. Keras would replace them with
-        # get_metrics_result() whenever the key sets match (n = 1: every eval name is also a train
-        # name), and that dict, keyed by name, holds the other phase's (reset) trackers.
-        return logs
-
-    def _step_logs(self, logs):
-        # Keras averages a step's logs across workers with reduce(MEAN, axis=0), which rejects
-        # scalars (keras-team/keras#20585).
-        if _multi_worker(tf.distribute.get_strategy()):
-            return {k: tf.reshape(v, [1]) for k, v in logs.items()}
-        return logs
 
     def train_step(self, data):
         images, labels = data[0], data[1]
