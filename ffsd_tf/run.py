@@ -177,6 +177,9 @@ def train() -> dict:
         history_path = os.path.join(out, rundir.HISTORY)
         if os.path.exists(history_path):
             history = [h for h in rundir.read_history(history_path) if h["epoch"] <= initial_epoch]
+        if initial_epoch > FLAGS.epochs:  # --epochs may grow, not shrink below what is trained
+            raise UsageError(f"{out} has trained {initial_epoch} epochs, more than --epochs={FLAGS.epochs}; "
+                             f"pass --epochs={initial_epoch} or more, or another --output_dir")
         if chief:
             rundir.write_checkpoint_state(out, latest)  # lists only checkpoints/ files for TF's sweep
             print(f"Resuming from {latest} (epoch {initial_epoch} done)")
@@ -349,6 +352,9 @@ def main(argv):
         fail(str(e), code=3)
     except callbacks.CheckpointWriteError as e:
         fail(str(e), code=4)
+    except OSError as e:  # disk full or an I/O error writing a run file: the last checkpoint is kept
+        fail(f"cannot write {e.filename or FLAGS.output_dir} ({e.strerror or e}); free disk space or fix the "
+             "folder and rerun the same command to resume", code=4)
 
 
 if __name__ == "__main__":
