@@ -225,6 +225,17 @@ def test_case4_resume_with_a_flag_that_changes_the_result_is_refused(base_run, t
     assert _snapshot(out) == before  # flags.txt not rewritten: report still sees the run's seed
 
 
+def test_case4_fewer_epochs_than_trained_is_refused(base_run, tmp_path):
+    """--epochs may grow, not shrink below what is trained (results.json would describe 2 epochs of a
+    3-epoch history). --force_resume lets the other milestones through, with a warning line."""
+    out = _copy(base_run, tmp_path)
+    proc = train(TINY + [f"--output_dir={out}", "--epochs=2", "--milestones=", "--force_resume"])
+    assert proc.stderr.startswith("warning: --force_resume: --milestones="), proc.stderr
+    proc.stderr = proc.stderr.split("\n", 1)[1]
+    one_error_line(proc, "has trained 3 epochs, more than --epochs=2")
+    assert not os.path.exists(os.path.join(out, "results.json"))
+
+
 def test_case4_runs_without_a_flags_section_compare_their_flags_txt(base_run, tmp_path):
     """Runs written before config.json had a "flags" section: the stored flags.txt is compared."""
     from ffsd_tf import rundir
@@ -258,7 +269,7 @@ def test_case5_replaying_flags_txt_of_a_copied_run_writes_into_the_copy(base_run
 
 
 # ------------------------------------------------------------------------------------ case 6
-@pytest.mark.parametrize("flag", ["--lr=nan", "--temperature=inf", "--lambda_kl=-inf", "--momentum=nan"])
+@pytest.mark.parametrize("flag", ["--lr=nan", "--temperature=inf", "--lambda_kl=inf", "--weight_decay=inf"])
 def test_case6_non_finite_float_flags_are_refused_before_anything_is_written(tmp_path, flag):
     out = tmp_path / "run"
     proc = train(TINY + [f"--output_dir={out}", flag], timeout=120)
