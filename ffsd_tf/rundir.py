@@ -89,6 +89,9 @@ def listed_checkpoints(run_dir: str) -> list[str] | None:
     nothing is touched.
     """
     directory = os.path.join(run_dir, CHECKPOINTS)
+    if os.path.lexists(directory) and not _inside(directory, run_dir):
+        raise RunDirError(f"{directory} resolves outside {run_dir} (to {os.path.realpath(directory)}); "
+                          "checkpoints must live inside the run directory: move them there")
     state_path = os.path.join(directory, STATE_FILE)
     if not os.path.lexists(state_path):
         return None

@@ -83,6 +83,21 @@ def test_case1_state_file_listing_files_outside_the_run_deletes_nothing(base_run
     assert os.path.exists(os.path.join(ckpt_dir, "ckpt-1.index"))
 
 
+def test_case1_checkpoints_folder_symlinked_outside_the_run_is_refused(tmp_path):
+    """A ``checkpoints`` symlink to another folder would let TF's sweep delete there: refused."""
+    from ffsd_tf import rundir
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "ckpt-1.index").write_bytes(b"x")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(str(elsewhere), str(run / "checkpoints"))
+    with pytest.raises(rundir.RunDirError, match="resolves outside"):
+        rundir.find_checkpoints(str(run))
+    assert (elsewhere / "ckpt-1.index").exists()
+
+
 # ------------------------------------------------------------------------------------ case 2
 def test_case2_export_visualize_and_report_fall_back_from_a_damaged_latest_checkpoint(base_run, tmp_path):
     """A truncated ckpt-3 data file (export: IndexError traceback before) and a deleted ckpt-3
