@@ -186,6 +186,14 @@ def test_case3_resume_with_history_of_the_wrong_shape_is_one_line(base_run, tmp_
     one_error_line(proc, "history.json")  # a TypeError traceback before
 
 
+def test_case3_replaying_a_flags_txt_of_random_bytes_is_one_line(tmp_path):
+    flagfile = tmp_path / "flags.txt"
+    flagfile.write_bytes(bytes(range(128, 256)) * 3)
+    proc = train([f"--flagfile={flagfile}", f"--output_dir={tmp_path / 'out'}"], timeout=120)
+    one_error_line(proc, f"{flagfile}")  # a UnicodeDecodeError traceback from absl before
+    assert not (tmp_path / "out").exists()
+
+
 # A disk that fills up while epoch 2 is saved: TF's own save raises, as it does on ENOSPC.
 DISK_FULL = r"""
 from ffsd_tf.quiet import import_tensorflow_quietly
