@@ -304,7 +304,9 @@ def _kill_specs(trial: int) -> dict:
         "checkpoint-write": (f"checkpoint:1:{rng.uniform(0, 0.004):.4f}",
                              "SaveV2/MergeV2 writing ckpt-1_temp/ (random point of the write)"),
         "checkpoint-unlisted": ("unlisted:1", "ckpt-1 files complete, the checkpoint state not yet updated"),
-        "checkpoint-then-history": ("between:1", "between the epoch-1 checkpoint and history.json's epoch-1 entry"),
+        # The rerun after "unlisted" resumes from the complete, unlisted ckpt-1 (rundir.find_checkpoints
+        # scans ckpt-N files), so the next kill is in epoch 2.
+        "checkpoint-then-history": ("between:2", "between the epoch-2 checkpoint and history.json's epoch-2 entry"),
         "evaluation": (f"eval:2:{rng.randint(1, EVAL_BATCHES)}:{rng.uniform(0, 0.02):.4f}",
                        "an evaluation batch after epoch 2"),
         "checkpoint-sweep": ("sweep:3", "CheckpointManager deleting ckpt-1 after listing ckpt-3"),
