@@ -72,6 +72,24 @@ def resolve_version(export_dir: str, version: int | None) -> int:
     return version
 
 
+def published_version(export_dir: str, checkpoint: str) -> str | None:
+    """The version directory in ``export_dir`` already exported from a checkpoint named like
+    ``checkpoint`` (its ``report.json`` source), or None. Damaged reports count as no export."""
+    import json
+
+    name = os.path.basename(os.fspath(checkpoint))
+    for version in sorted(existing_versions(export_dir), reverse=True):
+        path = os.path.join(export_dir, str(version))
+        try:
+            with open(os.path.join(path, "report.json"), "rb") as f:
+                source = json.loads(f.read().decode("utf-8")).get("source")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(source, str) and os.path.basename(source) == name:
+            return path
+    return None
+
+
 def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     if isinstance(formats, str):
         formats = [f for f in formats.split(",") if f]
@@ -381,16 +399,9 @@ def _build(tmp, leader, *, formats, version, mean, std, class_names, image_shape
 
 # ---------------------------------------------------------------------------------- run dirs
 def _read_flagfile(path: str) -> dict[str, str]:
-    values = {}
-    if not os.path.exists(path):
-        return values
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("--") and "=" in line:
-                key, value = line[2:].split("=", 1)
-                values[key] = value
-    return values
+    from ffsd_tf import rundir
+
+    return rundir.read_flagfile(path)  # a damaged (non-UTF-8) file is one RunDirError line
 
 
 def _take(dataset, n: int, seed: int = 0):
@@ -410,9 +421,17 @@ def _load_data(run_dir: str, meta: dict, input_shape):
     kwargs = {"data_dir": meta.get("data_dir") or flags.get("data_dir") or None}
     for key in ("seed", "synthetic_classes", "synthetic_train", "synthetic_test", "image_size", "train_subset", "test_subset"):
         if key in flags and key in accepted:
-            kwargs[key] = int(flags[key])
+            try:
+                kwargs[key] = int(flags[key])
+            except ValueError:
+                raise ExportError(f"{os.path.join(run_dir, 'flags.txt')} is damaged (--{key}={flags[key][:40]} is not "
+                                  "an integer); restore it") from None
     if "validation_split" in flags and "validation_split" in accepted:  # --dataset=folder's held-out images
-        kwargs["validation_split"] = float(flags["validation_split"])
+        try:
+            kwargs["validation_split"] = float(flags["validation_split"])
+        except ValueError:
+            raise ExportError(f"{os.path.join(run_dir, 'flags.txt')} is damaged (--validation_split="
+                              f"{flags['validation_split'][:40]} is not a number); restore it") from None
     if "synthetic_classes" in accepted and "synthetic_classes" not in kwargs:
         kwargs["synthetic_classes"] = int(meta["num_classes"])
     kwargs = {k: v for k, v in kwargs.items() if k in accepted or "kwargs" in accepted}
@@ -504,5 +523,6 @@ __all__ = [
     "existing_versions",
     "export_leader",
     "export_run",
+    "published_version",
     "resolve_version",
 ]

@@ -23,6 +23,12 @@ INVALID_ARGUMENT). That op is what protects the server: neither a loaded signatu
 Serving checks the shape before running the graph, and without it a rank-3 tensor aborts the
 process and a smaller image yields confident garbage. A string (or any other dtype) is refused
 by the signature's dtype.
+
+Batch policy: one request holds at most ``MAX_BATCH`` (4096) images; a larger batch is refused
+in the graph (``InvalidArgumentError``: "batch of N images is over the SavedModel's maximum of
+4096; split the request"; TF Serving answers 400) before the network runs, so one request cannot
+take the server's memory (80,000 CIFAR images in one call needed 2.1 GB). Clients split larger
+sets into requests of at most ``MAX_BATCH``.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ UINT8_SIGNATURE = "serving_uint8"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("probabilities", "classes", "scores", "class_names")
 CLASS_NAMES_ASSET = "class_names.txt"
+MAX_BATCH = 4096  # images per request; larger batches are refused in the graph (see the module doc)
 
 
 def normalize(pixels: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
@@ -102,6 +109,11 @@ class LeaderServing(tf.Module):
             # 0..255 (so no finite input can overflow inside the network), and an empty batch gets
             # empty outputs without running the network (oneDNN's convolution fails on it).
             images = tf.ensure_shape(images, shape)
+            with tf.control_dependencies([tf.debugging.assert_less_equal(
+                tf.shape(images)[0], MAX_BATCH,
+                message=f"batch of images is over the SavedModel's maximum of {MAX_BATCH}; split the request",
+            )]):
+                images = tf.identity(images)
             if images.dtype.is_floating:
                 images = tf.debugging.check_numerics(images, "images must be finite pixel values 0..255")
                 images = tf.clip_by_value(images, 0.0, 255.0)

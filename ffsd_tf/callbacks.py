@@ -17,6 +17,10 @@ class NonFiniteLossError(RuntimeError):
     """Training produced NaN/Inf; the message names the model and the loss term."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint (or history.json) could not be written: disk full, I/O error; one line."""
+
+
 class StopOnNonFinite(keras.callbacks.Callback):
     """Stops at the first step whose logs hold a NaN or Inf, naming the first bad term.
 
@@ -61,16 +65,30 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.history = history
         self.chief = chief
         directory = os.path.join(run_dir, rundir.CHECKPOINTS)
+        # TF's manager deletes what the (untrusted) state file lists: refuse entries outside checkpoints/.
+        if rundir.listed_checkpoints(run_dir) is None and os.path.lexists(os.path.join(directory, rundir.STATE_FILE)):
+            raise rundir.RunDirError(f"{os.path.join(directory, rundir.STATE_FILE)} is damaged; delete it "
+                                     "(the run rescans ckpt-N files)")
         self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-        if self.chief:
-            self.history.append(entry)
-            rundir.write_json_atomic(os.path.join(self.run_dir, rundir.HISTORY), self.history)
-        # Every worker takes part in a save (variables may need collective reads); non-chief
-        # workers point run_dir at a scratch directory.
-        self.manager.save(checkpoint_number=epoch + 1)
+        try:
+            if self.chief:
+                self.history.append(entry)
+                rundir.write_json_atomic(os.path.join(self.run_dir, rundir.HISTORY), self.history)
+            # Every worker takes part in a save (variables may need collective reads); non-chief
+            # workers point run_dir at a scratch directory.
+            self.manager.save(checkpoint_number=epoch + 1)
+        except (tf.errors.ResourceExhaustedError, tf.errors.DataLossError, tf.errors.UnavailableError,
+                tf.errors.PermissionDeniedError, tf.errors.InternalError, tf.errors.UnknownError, OSError) as e:
+            kept = self.manager.latest_checkpoint or "none yet"
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointWriteError(
+                f"cannot write the epoch {epoch + 1} checkpoint in {os.path.join(self.run_dir, rundir.CHECKPOINTS)} "
+                f"({type(e).__name__}: {first}); the last good checkpoint is kept ({kept}): free disk space "
+                "and rerun the same command to resume"
+            ) from None
 
 
 class PerModelTensorBoard(keras.callbacks.Callback):

@@ -27,6 +27,9 @@ def flags_parser(flag_values: flags.FlagValues = flags.FLAGS, hint: str = "see -
             return flag_values(argv)
         except flags.Error as e:
             fail(f"{e}; {hint}")
+        except UnicodeDecodeError:  # absl reads a --flagfile as text
+            files = [a.split("=", 1)[1] for a in argv if a.lstrip("-").startswith("flagfile=")]
+            fail(f"a --flagfile is not UTF-8 text ({', '.join(files) or 'see --flagfile'}); restore it or pass another")
 
     return parse
 

@@ -7,6 +7,10 @@ states what differs. ``validate()`` checks combinations that one flag's type can
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+
 from absl import flags
 
 from ffsd_tf.data import DATASETS
@@ -87,8 +91,12 @@ flags.DEFINE_float("decoder_weight_decay", 1e-4, "Coupled L2 of the decoders' Ad
 # Run -----------------------------------------------------------------------------------------
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order and augmentation.")
 flags.DEFINE_bool("deterministic", True, "Enable TensorFlow op determinism (repeatable CPU runs).")
-flags.DEFINE_string("output_dir", "runs/default", "Run directory: flags, checkpoints, TensorBoard, results.")
+flags.DEFINE_string("output_dir", "runs/default", "Run directory: flags, checkpoints, TensorBoard, results. "
+                    "--output_dir=. read from a flagfile means that flagfile's folder (a run's flags.txt stores it).")
 flags.DEFINE_bool("resume", True, "Continue from the last checkpoint in output_dir if there is one.")
+flags.DEFINE_bool("force_resume", False, "Resume even when a flag that changes the result (seed, data, model, "
+                  "optimisation, loss weights, schedules) differs from the run's stored one; the run continues "
+                  "under the new values and records them.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (one device only; measure first: slower on CPU).")
 flags.DEFINE_enum("strategy", "default", STRATEGIES, "default (one device), mirrored (local GPUs), multi_worker (TF_CONFIG).")
 flags.DEFINE_bool("sync_batchnorm", False, "Synchronise BatchNorm statistics across replicas (multi-device = one device).")
@@ -100,8 +108,69 @@ flags.DEFINE_enum("verbose", "auto", ["auto", "bar", "line", "quiet"],
                   "line otherwise (CI, nohup, captured output).")
 flags.DEFINE_bool("export", False, "Export the leader (SavedModel + TFLite) when training finishes.")
 flags.DEFINE_string("export_dir", None, "Where to export (default: <output_dir>/export).")
+flags.DEFINE_bool("reexport", False, "With --export: publish a new version even if export_dir already holds one of "
+                  "the run's last checkpoint (a rerun of a finished --export command otherwise publishes nothing).")
 
-# Flags that define the trained model: a checkpoint is only reused if these match.
+# Flags that do not change what a run computes: they may differ when a run is resumed. Every
+# other flag of this module does (seed, data, model, optimisation, loss weights and schedules,
+# precision): resuming with another value is refused unless --force_resume. --epochs may change
+# (grow to extend a run): the LR and loss-weight schedules depend on milestones and schedule
+# flags, not on the number of epochs.
+NEUTRAL_FLAGS = frozenset({
+    "output_dir", "resume", "force_resume", "verbose", "eval_batch_size", "export", "export_dir",
+    "keep_checkpoints", "eval_every", "epochs", "jit_compile", "strategy", "deterministic", "reexport",
+})
+
+
+def _module_flags():
+    return FLAGS.get_flags_for_module(sys.modules[__name__])
+
+
+def result_flags() -> dict[str, str]:
+    """name -> ``--name=value`` line (``""`` when unset) of every flag that changes the result."""
+    return {f.name: (f.serialize() if f.value is not None else "") for f in _module_flags()
+            if f.name not in NEUTRAL_FLAGS}
+
+
+def output_dir_source(argv) -> str | None:
+    """The folder of the flagfile that set ``--output_dir`` last, or None when the command line did
+    (or nothing did). absl expands flagfiles in order and the last value wins; so does this scan."""
+    source = None
+
+    def scan(args, origin, depth):
+        nonlocal source
+        i = 0
+        while i < len(args):
+            name, eq, value = args[i].partition("=")
+            if name == "--":
+                return
+            if name.lstrip("-") == "flagfile" and name.startswith("-"):
+                if not eq and i + 1 < len(args):
+                    i += 1
+                    value = args[i]
+                try:
+                    with open(value, encoding="utf-8") as f:
+                        lines = [line.strip() for line in f.read().splitlines()]
+                except (OSError, UnicodeDecodeError, ValueError):
+                    lines = []  # absl reports it
+                if depth < 20:
+                    scan([line for line in lines if line and not line.startswith("#")],
+                         os.path.dirname(os.path.abspath(value)), depth + 1)
+            elif name.lstrip("-") == "output_dir" and name.startswith("-"):
+                source = origin
+            i += 1
+
+    scan(list(argv[1:]), None, 0)
+    return source
+
+
+def resolve_output_dir(argv) -> None:
+    """``--output_dir=.`` from a flagfile is that flagfile's folder: a run's ``flags.txt`` replays
+    into the run directory it sits in, wherever that was copied."""
+    source = output_dir_source(argv)
+    if source is not None and os.path.normpath(FLAGS.output_dir) == ".":
+        FLAGS.output_dir = source
+
 
 def milestones() -> list[int]:
     try:
@@ -124,6 +193,10 @@ def weight_schedules() -> dict:
 def validate(num_replicas: int = 1) -> None:
     """Raises FlagError for impossible values or combinations."""
     f = FLAGS
+    for flag in _module_flags():
+        if isinstance(flag.value, float) and not math.isfinite(flag.value):
+            raise FlagError(f"--{flag.name} must be a finite number, got {flag.value}; pass a number such as "
+                            f"{flag.default}")
     if f.model not in available_networks():
         raise FlagError(f"--model={f.model} is unknown; choose one of: {', '.join(available_networks())}")
     if f.num_students < 1:

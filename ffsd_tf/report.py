@@ -125,18 +125,22 @@ def read_flagfile(path: str) -> dict[str, str]:
     values: dict[str, str] = {}
     if not os.path.exists(path):
         return values
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith("--"):
-                continue
-            if "=" in line:
-                key, value = line[2:].split("=", 1)
-            elif line.startswith("--no"):
-                key, value = line[4:], "false"
-            else:
-                key, value = line[2:], "true"
-            values[key] = value
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReportError(f"cannot read {path} ({type(e).__name__}); restore it or delete it") from None
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("--"):
+            continue
+        if "=" in line:
+            key, value = line[2:].split("=", 1)
+        elif line.startswith("--no"):
+            key, value = line[4:], "false"
+        else:
+            key, value = line[2:], "true"
+        values[key] = value
     return values
 
 

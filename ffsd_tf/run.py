@@ -38,9 +38,10 @@ def effective_flags_text() -> str:
     module = sys.modules[ffsd_flags.__name__]
     lines = ["# Effective flags of this run; replay with --flagfile=<this file>."]
     for flag in sorted(FLAGS.get_flags_for_module(module), key=lambda f: f.name):
-        if flag.value is None:
+        if flag.value is None or flag.name in ("force_resume", "reexport"):  # one-shot overrides
             continue
-        lines.append(flag.serialize())
+        # "." = this file's folder (ffsd_flags.resolve_output_dir): a copied run replays into the copy.
+        lines.append("--output_dir=." if flag.name == "output_dir" else flag.serialize())
     return "\n".join(lines) + "\n"
 
 
@@ -153,7 +154,8 @@ def train() -> dict:
 
     config = config_from_flags(bundle)
     if resuming:
-        rundir.check_compatible(out, config, FLAGS.dataset, partial_batch=bundle.partial_batch)
+        rundir.check_compatible(out, config, FLAGS.dataset, partial_batch=bundle.partial_batch,
+                                flags=ffsd_flags.result_flags(), force=FLAGS.force_resume)
     if chief:
         probe_writable(out)
 
@@ -175,8 +177,12 @@ def train() -> dict:
         initial_epoch = int(model.epoch.numpy())
         history_path = os.path.join(out, rundir.HISTORY)
         if os.path.exists(history_path):
-            history = [h for h in rundir.read_json(history_path) if h["epoch"] <= initial_epoch]
+            history = [h for h in rundir.read_history(history_path) if h["epoch"] <= initial_epoch]
+        if initial_epoch > FLAGS.epochs:  # --epochs may grow, not shrink below what is trained
+            raise UsageError(f"{out} has trained {initial_epoch} epochs, more than --epochs={FLAGS.epochs}; "
+                             f"pass --epochs={initial_epoch} or more, or another --output_dir")
         if chief:
+            rundir.write_checkpoint_state(out, latest)  # lists only checkpoints/ files for TF's sweep
             print(f"Resuming from {latest} (epoch {initial_epoch} done)")
 
     if chief:
@@ -245,10 +251,16 @@ def train() -> dict:
     print(f"\nResults ({out}/results.md):\n\n{table}")
 
     if FLAGS.export:
-        from export import ExportError, export_run
+        from export import ExportError, export_run, published_version
 
+        export_dir = FLAGS.export_dir or os.path.join(out, "export")
+        newest = rundir.find_checkpoints(out)[0]
+        done = None if FLAGS.reexport else published_version(export_dir, newest)
+        if done is not None:  # a rerun of a finished --export command: nothing new to publish
+            print(f"Export {done} of {os.path.basename(newest)} is up to date (pass --reexport for a new version)")
+            return results
         try:
-            report = export_run(out, export_dir=FLAGS.export_dir or os.path.join(out, "export"))
+            report = export_run(out, export_dir=export_dir)
         except ExportError as e:
             raise UsageError(f"training finished, export failed: {e}") from None
         print(f"Exported the leader to {report['path']}")
@@ -304,6 +316,7 @@ def write_run_files(out, config, bundle) -> None:
     rundir.write_json_atomic(
         os.path.join(out, rundir.CONFIG),
         {
+            "flags": ffsd_flags.result_flags(),  # compared on resume (rundir.check_compatible)
             "model": rundir.config_to_dict(config),
             "dataset": {
                 "name": bundle.name,
@@ -333,12 +346,18 @@ def main(argv):
     from ffsd_tf.rundir import RunDirError
 
     logging.set_verbosity(logging.ERROR)  # tfds and TF warn through absl; errors reach the user as one line
+    ffsd_flags.resolve_output_dir(sys.argv)
     try:
         train()
     except (ffsd_flags.FlagError, UsageError, RunDirError) as e:
         fail(str(e))
     except callbacks.NonFiniteLossError as e:
         fail(str(e), code=3)
+    except callbacks.CheckpointWriteError as e:
+        fail(str(e), code=4)
+    except OSError as e:  # disk full or an I/O error writing a run file: the last checkpoint is kept
+        fail(f"cannot write {e.filename or FLAGS.output_dir} ({e.strerror or e}); free disk space or fix the "
+             "folder and rerun the same command to resume", code=4)
 
 
 if __name__ == "__main__":

@@ -175,9 +175,12 @@ def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoin
     ok = run_cli(SMALL + ["--epochs=1", "--milestones=", f"--output_dir={out}"])
     assert ok.returncode == 0, ok.stderr[-2000:]
     good = _checkpoint_state(os.path.join(out, "checkpoints", "ckpt-1"))
-    proc = run_cli(SMALL + ["--epochs=3", "--milestones=", "--lr=1e6", f"--output_dir={out}"])
+    # Another --lr changes the result: resuming with it needs --force_resume (a warning line).
+    proc = run_cli(SMALL + ["--epochs=3", "--milestones=", "--lr=1e6", "--force_resume", f"--output_dir={out}"])
     assert proc.returncode == 3
     lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("warning: --force_resume: --lr=1000000.0"), proc.stderr
+    lines = lines[1:]
     assert len(lines) == 1 and "non-finite value of student" in lines[0] and "(model student" in lines[0], proc.stderr
     latest = tf.train.latest_checkpoint(os.path.join(out, "checkpoints"))
     assert latest.endswith("ckpt-1")

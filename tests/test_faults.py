@@ -304,7 +304,9 @@ def _kill_specs(trial: int) -> dict:
         "checkpoint-write": (f"checkpoint:1:{rng.uniform(0, 0.004):.4f}",
                              "SaveV2/MergeV2 writing ckpt-1_temp/ (random point of the write)"),
         "checkpoint-unlisted": ("unlisted:1", "ckpt-1 files complete, the checkpoint state not yet updated"),
-        "checkpoint-then-history": ("between:1", "between the epoch-1 checkpoint and history.json's epoch-1 entry"),
+        # The rerun after "unlisted" resumes from the complete, unlisted ckpt-1 (rundir.find_checkpoints
+        # scans ckpt-N files), so the next kill is in epoch 2.
+        "checkpoint-then-history": ("between:2", "between the epoch-2 checkpoint and history.json's epoch-2 entry"),
         "evaluation": (f"eval:2:{rng.randint(1, EVAL_BATCHES)}:{rng.uniform(0, 0.02):.4f}",
                        "an evaluation batch after epoch 2"),
         "checkpoint-sweep": ("sweep:3", "CheckpointManager deleting ckpt-1 after listing ckpt-3"),
@@ -428,8 +430,12 @@ def test_corrupt_index_of_the_latest_checkpoint_falls_back_to_the_previous_one(r
 
 
 def test_state_file_pointing_at_a_missing_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
-    """``checkpoint`` names ckpt-9 (never written) as the latest: warn, resume from ckpt-2, retrain epoch 3."""
+    """``checkpoint`` names ckpt-9 (never written) as the latest, ckpt-3 is gone: warn, resume from
+    ckpt-2, retrain epoch 3."""
     out = _damaged_copy(reference, tmp_path)
+    for f in os.listdir(os.path.join(out, "checkpoints")):
+        if f.startswith("ckpt-3."):
+            os.unlink(os.path.join(out, "checkpoints", f))
     _write_state(out, "ckpt-9", ["ckpt-1", "ckpt-2", "ckpt-9"])
     proc = train(TINY + [f"--output_dir={out}"])
     _assert_resumed_to_reference(proc, out, reference, "ckpt-9", "ckpt-2")
@@ -442,7 +448,9 @@ def test_no_readable_checkpoint_fails_with_one_line_and_touches_nothing(referenc
     if damage == "every-index-garbled":
         for n in (1, 2, 3):
             _garble(os.path.join(ckpt_dir, f"ckpt-{n}.index"))
-    else:
+    else:  # and no ckpt-N.index on disk either (those would be found: rundir.find_checkpoints)
+        for n in (1, 2, 3):
+            os.unlink(os.path.join(ckpt_dir, f"ckpt-{n}.index"))
         _write_state(out, "ckpt-9", ["ckpt-9"])
     before = {f: open(os.path.join(ckpt_dir, f), "rb").read() for f in os.listdir(ckpt_dir)}
     proc = train(TINY + [f"--output_dir={out}"])

@@ -15,6 +15,7 @@ trailing bytes, so that a damaged download fails before training starts, not mid
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -86,7 +87,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"IDX file {path} is truncated inside its header ({len(data)} of {header} bytes)")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a crafted header cannot overflow
     got = len(data) - header
     if got != expected:
         what = "truncated" if got < expected else "longer than its header says"

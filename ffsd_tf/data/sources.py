@@ -165,6 +165,14 @@ def find_npz(data_dir: str | None) -> str | None:
 def read_npz(path: str, name: str) -> tuple[dict, list | None]:
     """The four arrays of an ``.npz`` (grayscale NHW made NHW1) and its ``class_names`` (or None)."""
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror or e}); pass a readable .npz file") from None
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # np.load would try (and refuse) a pickle
+        raise DataError(f"{path} is not an .npz file (a zip archive of x_train, y_train, x_test, y_test arrays, "
+                        "as numpy.savez writes); pass the right file")
+    try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in NPZ_KEYS if k not in f.files]
             if missing:
