@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: venv parity-deps fashion-mnist quickstart test bench parity clean
+.PHONY: venv install parity-deps fashion-mnist quickstart test bench parity clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The package itself (ffsd_tf + console scripts ffsd-train/-export/-report/-visualize) into the venv.
+install: venv
+	$(PIP) install --quiet .
+	rm -rf build
 
 # CPU PyTorch (dev only) for the parity harness and its test; without it tests/test_parity.py skips.
 $(VENV)/.parity: $(VENV)/.installed requirements-parity.txt

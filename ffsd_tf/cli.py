@@ -19,10 +19,19 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+HELP_ARGS = ("-h", "--help", "--helpfull", "--helpshort", "-?")
+
+
 def flags_parser(flag_values: flags.FlagValues = flags.FLAGS, hint: str = "see --helpfull"):
     """An absl ``flags_parser`` whose unknown or malformed flags are one line and exit code 2."""
 
     def parse(argv):
+        if any(a in HELP_ARGS for a in argv[1:]):  # absl would exit 1 after help; asking for help is no error
+            import os
+
+            print(f"usage: {os.path.basename(argv[0])} [--flag=value ...]\n")
+            print(flag_values.get_help())
+            sys.exit(0)
         try:
             return flag_values(argv)
         except flags.Error as e:

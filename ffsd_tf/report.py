@@ -436,7 +436,6 @@ def run_cosines(run_dir: str) -> dict | None:
     tf = import_tensorflow_quietly()
     tf.get_logger().setLevel("ERROR")
 
-    import export
     from ffsd_tf import rundir
     from ffsd_tf.attention import attention_map, normalize
     from ffsd_tf.data import DataError
@@ -445,8 +444,8 @@ def run_cosines(run_dir: str) -> dict | None:
         model, meta, _ = rundir.restore_model(run_dir)
         if model.config.num_students < 2:
             return None
-        bundle = export._load_data(run_dir, meta, tuple(model.config.input_shape))
-    except (rundir.RunDirError, export.ExportError, DataError) as e:
+        bundle = rundir.load_run_data(run_dir, meta, tuple(model.config.input_shape))
+    except (rundir.RunDirError, DataError) as e:
         raise ReportError(" ".join(str(e).split())) from None
     students = model.common_students
     n = len(students)
@@ -649,5 +648,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def console_main():
+    """The ``ffsd-report`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -251,7 +251,7 @@ def train() -> dict:
     print(f"\nResults ({out}/results.md):\n\n{table}")
 
     if FLAGS.export:
-        from export import ExportError, export_run, published_version
+        from ffsd_tf.export import ExportError, export_run, published_version
 
         export_dir = FLAGS.export_dir or os.path.join(out, "export")
         newest = rundir.find_checkpoints(out)[0]
@@ -360,5 +360,10 @@ def main(argv):
              "folder and rerun the same command to resume", code=4)
 
 
-if __name__ == "__main__":
+def console_main():
+    """The ``ffsd-train`` console script (= ``python -m ffsd_tf.run``)."""
     app.run(main, flags_parser=flags_parser())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -377,3 +377,38 @@ def load_teacher(model: FFSD, run_dir: str, dataset: str) -> str:
     source = teacher_run.leader if teacher_run.leader is not None else teacher_run.common_students[0]
     model.teacher.set_weights(source.get_weights())
     return ckpt
+
+
+def load_run_data(run_dir: str, meta: dict, input_shape):
+    """The run's dataset as it was trained (same data, image size, subsets, synthetic parameters, seed).
+
+    ``meta`` is config.json's ``dataset`` section; the data arguments come from it and from
+    flags.txt. Used by export (calibration and agreement images), report --cosine and visualize.
+    A damaged value or data that no longer fits the network is one RunDirError line.
+    """
+    from ffsd_tf.data import DataError, load_dataset
+
+    flagfile = os.path.join(run_dir, FLAGS_FILE)
+    flags = read_flagfile(flagfile)
+    kwargs = {"data_dir": meta.get("data_dir") or flags.get("data_dir") or None}
+    for key, cast in (("seed", int), ("synthetic_classes", int), ("synthetic_train", int), ("synthetic_test", int),
+                      ("image_size", int), ("train_subset", int), ("test_subset", int), ("validation_split", float)):
+        if key in flags and flags[key] not in ("", "None"):
+            try:
+                kwargs[key] = cast(flags[key])
+            except ValueError:
+                raise RunDirError(f"{flagfile} is damaged (--{key}={flags[key][:40]} is not a "
+                                  f"{'n integer' if cast is int else ' number'}); restore it") from None
+    kwargs.setdefault("synthetic_classes", int(meta["num_classes"]))
+    try:
+        bundle = load_dataset(meta["name"], **kwargs)
+        if tuple(bundle.image_shape) != tuple(input_shape) and "image_size" not in kwargs:
+            bundle = load_dataset(meta["name"], **{**kwargs, "image_size": int(input_shape[0])})
+    except DataError as e:
+        raise RunDirError(f"the data of {run_dir} cannot be loaded: {e}") from None
+    if tuple(bundle.image_shape) != tuple(input_shape):
+        raise RunDirError(
+            f"dataset {meta['name']} gives images {list(bundle.image_shape)}, the network of {run_dir} takes "
+            f"{list(input_shape)}"
+        )
+    return bundle

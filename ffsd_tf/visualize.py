@@ -408,7 +408,6 @@ def visualize_run(run_dir: str, images: int = 8, output_dir: str | None = None, 
     """Writes ``attention.png`` and ``curves.png`` of a run; returns their paths and the attention
     panels' boxes in PNG pixels (see ``render_attention_png``). Raises VisualizeError, writing
     nothing, on bad input."""
-    import export
     from ffsd_tf import rundir
     from ffsd_tf.data import DataError
 
@@ -439,8 +438,8 @@ def visualize_run(run_dir: str, images: int = 8, output_dir: str | None = None, 
         if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
             raise VisualizeError(f"{history_path} is not a list of per-epoch entries; it was not written by ffsd_tf.run")
         model, meta, ckpt = rundir.restore_model(run_dir)
-        bundle = export._load_data(run_dir, meta, tuple(model.config.input_shape))
-    except (rundir.RunDirError, export.ExportError, DataError) as e:
+        bundle = rundir.load_run_data(run_dir, meta, tuple(model.config.input_shape))
+    except (rundir.RunDirError, DataError) as e:
         raise VisualizeError(" ".join(str(e).split())) from None
 
     pixels, labels = sample_images(bundle, images, split)
@@ -499,5 +498,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def console_main():
+    """The ``ffsd-visualize`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import export
-from export import report as export_report
-from export import serving, tflite
+from ffsd_tf import export
+from ffsd_tf.export import report as export_report
+from ffsd_tf.export import serving, tflite
 from ffsd_tf import rundir
 from ffsd_tf.networks import build_network
 from ffsd_tf.trainer import FFSD, FFSDConfig

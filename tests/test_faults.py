@@ -56,7 +56,7 @@ tf = import_tensorflow_quietly()
 from absl import app
 from tensorflow.python.checkpoint import checkpoint_management as cm
 from ffsd_tf import callbacks, run, rundir
-import export.serving, export.tflite
+import ffsd_tf.export.serving, ffsd_tf.export.tflite
 
 phase, *args = os.environ["FFSD_TEST_KILL"].split(":")
 now = {"epoch": 0, "saving": 0}
@@ -130,18 +130,18 @@ elif phase == "between":  # epoch N is in exactly one of (checkpoint state, hist
 elif phase == "export":
     stage, delay = args
     if stage == "savedmodel":
-        real_save = export.serving.save
+        real_save = ffsd_tf.export.serving.save
         def save(module, path):
             die_in(delay)
             return real_save(module, path)
-        export.serving.save = save
+        ffsd_tf.export.serving.save = save
     else:
-        real_convert = export.tflite.convert
+        real_convert = ffsd_tf.export.tflite.convert
         def convert(concrete, trackable, fmt, representative=None):
             if fmt == stage:
                 die_in(delay)
             return real_convert(concrete, trackable, fmt, representative)
-        export.tflite.convert = convert
+        ffsd_tf.export.tflite.convert = convert
 
 app.run(run.main, flags_parser=run.flags_parser())
 """

@@ -223,12 +223,12 @@ def test_cli_refuses_a_corrupt_image_with_one_line_naming_it(tmp_path):
 
 def test_export_reloads_a_split_folder_as_it_was_trained(tmp_path):
     """``python -m export`` re-reads the data from the run's flags.txt, --validation_split included."""
-    import export
+    from ffsd_tf import rundir
 
     make_folder(tmp_path / "data", {"all": 5})
     run = tmp_path / "run"
     run.mkdir()
     (run / "flags.txt").write_text("--dataset=folder\n--image_size=16\n--validation_split=0.4\n--seed=3\n")
     meta = {"name": "folder", "data_dir": str(tmp_path / "data" / "all"), "num_classes": 5}
-    bundle = export._load_data(str(run), meta, (16, 16, 3))
+    bundle = rundir.load_run_data(str(run), meta, (16, 16, 3))
     assert bundle.class_names == CLASSES and (bundle.train_size, bundle.test_size) == (15, 10)

@@ -236,11 +236,10 @@ def test_cosine_without_checkpoint_is_bad_input(runs, tmp_path):
 
 def hand_cosines(run_dir):
     """Table IV's cosine of one run, recomputed with NumPy from the restored students."""
-    import export
     from ffsd_tf import rundir
 
     model, meta, _ = rundir.restore_model(run_dir)
-    bundle = export._load_data(run_dir, meta, tuple(model.config.input_shape))
+    bundle = rundir.load_run_data(run_dir, meta, tuple(model.config.input_shape))
     x = bundle.normalize(bundle.x_test).numpy()
     outs = [s(x, training=False) for s in model.common_students]
     feats = [o["features"][-1].numpy().reshape(len(x), -1).astype(np.float64) for o in outs]

@@ -136,8 +136,7 @@ def test_case2_export_visualize_and_report_fall_back_from_a_damaged_latest_check
 def test_case3_damaged_run_files_are_one_error_line_naming_the_file(base_run, tmp_path):
     """Random bytes / ``--seed=abc`` in flags.txt (export, report), wrong JSON shapes in
     config.json and history.json: one-line errors naming the file, never a traceback."""
-    import export
-    from ffsd_tf import report, rundir
+    from ffsd_tf import export, report, rundir
 
     out = _copy(base_run, tmp_path, finished=True)
     flags_path = os.path.join(out, "flags.txt")
@@ -329,7 +328,7 @@ def test_case6_savedmodel_refuses_batches_over_its_documented_maximum(tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from export import serving
+    from ffsd_tf.export import serving
 
     inputs = keras.Input((8, 8, 3))
     leader = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs)))
@@ -387,8 +386,7 @@ def test_fuzzed_run_directory_files_give_results_or_one_line_errors(base_run, tm
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    import export
-    from ffsd_tf import report, rundir
+    from ffsd_tf import export, report, rundir
     from ffsd_tf.data import DataError
     from ffsd_tf.visualize import VisualizeError, visualize_run
 
@@ -425,7 +423,7 @@ def test_fuzzed_run_directory_files_give_results_or_one_line_errors(base_run, tm
         if name != "results.json":  # results.json is read by report only
             restored = one_line(rundir.restore_model, out, warn=warn.append)
             if restored is not None:
-                one_line(export._load_data, out, restored[1], tuple(restored[0].config.input_shape))
+                one_line(rundir.load_run_data, out, restored[1], tuple(restored[0].config.input_shape))
                 if name in ("history.json", "flags.txt"):
                     one_line(visualize_run, out, images=1)
         assert all(w.startswith("warning: ") and "\n" not in w for w in warn)

@@ -58,7 +58,7 @@ def _load(kind, path):
 
             _CACHE[kind, path] = tf.saved_model.load(path)
         elif kind == "runner":
-            from export.tflite import TFLiteClassifier
+            from ffsd_tf.export.tflite import TFLiteClassifier
 
             _CACHE[kind, path] = TFLiteClassifier(path, num_threads=1)
         else:
@@ -123,7 +123,7 @@ def served(tmp_path_factory):
     """The exported leader (SavedModel, fp32, int8) and a worker that calls it."""
     import keras
 
-    import export
+    from ffsd_tf import export
     from ffsd_tf.trainer import FFSD
 
     keras.utils.set_random_seed(0)
