@@ -139,7 +139,8 @@ def run_torch(data, seed, epochs, code=None, threads=2) -> dict:
 
 
 def summary(runs: list[dict]) -> str:
-    lines = ["| code | epochs | seeds | train acc, last epoch | test acc (mean ± std) | per seed |", "|---|---:|---|---:|---:|---|"]
+    lines = ["| code | epochs | seeds | train acc, last epoch | test acc (mean ± std) | per seed | wall / run |",
+             "|---|---:|---|---:|---:|---|---:|"]
     keys = sorted({(r["which"], r["epochs"]) for r in runs}, key=lambda k: (k[1], k[0]))
     for which, epochs in keys:
         rs = sorted((r for r in runs if r["which"] == which and r["epochs"] == epochs), key=lambda r: r["seed"])
@@ -147,7 +148,8 @@ def summary(runs: list[dict]) -> str:
         train = np.array([r["train_acc"][-1] for r in rs])
         lines.append(f"| {which} | {epochs} | {','.join(str(r['seed']) for r in rs)} | {train.mean():.2f} | "
                      f"{test.mean():.2f} ± {test.std(ddof=1) if len(rs) > 1 else 0:.2f} | "
-                     f"{' / '.join(f'{t:.2f}' for t in test)} |")
+                     f"{' / '.join(f'{t:.2f}' for t in test)} | "
+                     f"{np.mean([r['wall_s'] for r in rs if r['wall_s']] or [0]) / 60:.1f} min |")
     return "\n".join(lines)
 
 
@@ -160,7 +162,11 @@ def main():
     ap.add_argument("--code", default=None, help="checkout of SJLeo/FFSD (their resnet20)")
     ap.add_argument("--work", default=os.path.join(ROOT, "runs", "parity"))
     ap.add_argument("--json", default=None, help="append every run as a JSON line to this file")
+    ap.add_argument("--summarize", nargs="*", default=None, help="only print the table of these JSON-lines files")
     args = ap.parse_args()
+    if args.summarize is not None:
+        print(summary([json.loads(line) for path in args.summarize for line in open(path) if line.strip()]))
+        return
     runs = []
     for epochs in [int(e) for e in args.epochs.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
