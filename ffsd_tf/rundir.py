@@ -397,8 +397,8 @@ def load_run_data(run_dir: str, meta: dict, input_shape):
             try:
                 kwargs[key] = cast(flags[key])
             except ValueError:
-                raise RunDirError(f"{flagfile} is damaged (--{key}={flags[key][:40]} is not a "
-                                  f"{'n integer' if cast is int else ' number'}); restore it") from None
+                kind = "an integer" if cast is int else "a number"
+                raise RunDirError(f"{flagfile} is damaged (--{key}={flags[key][:40]} is not {kind}); restore it") from None
     kwargs.setdefault("synthetic_classes", int(meta["num_classes"]))
     try:
         bundle = load_dataset(meta["name"], **kwargs)

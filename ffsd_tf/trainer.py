@@ -340,8 +340,6 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         ``terms`` maps metric names (``student2/diversity``...) to unweighted values.
         """
         c = self.config
-        dtype = tf.float64 if keras.config.floatx() == "float64" else tf.float32  # float64: the parity harness
-        w = {k: tf.cast(v, dtype) for k, v in self.loss_weight_vars.items()}
         t = c.temperature
         terms: dict[str, tf.Tensor] = {}
         role_loss = {r: [] for r in ROLES}
@@ -349,6 +347,8 @@ class FFSD(KerasPrivateOverrides, keras.Model):
 
         outs = [s(images, training=training) for s in self.common_students]
         z = [o["logits"] for o in outs]
+        dtype = loss_float(z[0]).dtype  # float32, or float64 for a float64 cohort (the parity harness)
+        w = {k: tf.cast(v, dtype) for k, v in self.loss_weight_vars.items()}
         feats = [o["features"] for o in outs]
         if self.teacher is not None:  # fixed: inference mode, no gradient
             teacher_out = self.teacher(images, training=False)

@@ -454,7 +454,9 @@ def test_export_run_restores_the_leader_and_samples_the_data(trained, tmp_path, 
         calls.append(dict(name=name, data_dir=data_dir, synthetic_classes=synthetic_classes))
         return Bundle()
 
-    monkeypatch.setitem(sys.modules, "ffsd_tf.data", types.SimpleNamespace(load_dataset=load_dataset))
+    from ffsd_tf.data import DataError
+
+    monkeypatch.setitem(sys.modules, "ffsd_tf.data", types.SimpleNamespace(load_dataset=load_dataset, DataError=DataError))
     report = export.export_run(run, max_eval=300, max_representative=50, formats=("savedmodel", "int8"),
                                latency_repeats=1)
     assert calls and calls[0]["name"] == "synthetic" and calls[0]["synthetic_classes"] == K

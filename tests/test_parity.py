@@ -26,8 +26,10 @@ import parity  # noqa: E402
 def float64_then_back():
     import keras
 
+    policy = keras.config.dtype_policy()
     yield
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy(policy)
     torch.set_default_dtype(torch.float32)
 
 

@@ -120,6 +120,7 @@ class Harness:
         # betas: sums that cancel) to ~1e-3, which would hide a real difference of that size.
         self.dtype = np.float64 if float64 else np.float32
         keras.config.set_floatx("float64" if float64 else "float32")
+        keras.config.set_dtype_policy("float64" if float64 else "float32")  # a global policy overrides floatx
         torch.set_default_dtype(torch.float64 if float64 else torch.float32)
 
         from ffsd_tf.optimizers import TorchAdam, TorchSGD
