@@ -202,9 +202,9 @@ def train() -> dict:
             callbacks.EpochCheckpoint(ckpt_dir, checkpoint, FLAGS.keep_checkpoints, history, chief=chief),
         ]
         if chief:
-            cbs.append(callbacks.CollapseWarning())
-        if chief:
             from ffsd_tf.visualize import AttentionImages, sample_images
+
+            cbs.append(callbacks.CollapseWarning())
 
             if hasattr(bundle, "x_test"):  # in-memory datasets: 8 class-balanced test images
                 pixels, _ = sample_images(bundle, 8)
