@@ -56,7 +56,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     optimizer's iteration count, comes back with it) and the epoch counter. The history is
     rewritten atomically *before* the checkpoint: a resumed run keeps only the entries up to the
     epoch it restores, so a kill between the two writes drops an entry that will be redone
-    instead of losing one for good. Only the chief keeps the history.
+    instead of losing one for good. Only the chief keeps the history. Each entry carries the
+    epoch's wall time (``seconds``, training and evaluation), so a resumed run's cost adds up.
     """
 
     def __init__(self, run_dir: str, checkpoint: tf.train.Checkpoint, keep: int, history: list, chief: bool = True):
@@ -70,9 +71,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
             raise rundir.RunDirError(f"{os.path.join(directory, rundir.STATE_FILE)} is damaged; delete it "
                                      "(the run rescans ckpt-N files)")
         self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        entry["seconds"] = time.perf_counter() - self._epoch_start  # training + this epoch's evaluation
         try:
             if self.chief:
                 self.history.append(entry)

@@ -1,0 +1,114 @@
+"""Issue 14's budget study: CE, DML, FFSD-paper and FFSD-recipe, 3 seeds, per setting, one run at a time.
+
+    python benchmarks/budget_study.py --settings=c10_r20_5k_10ep,c10_r8_20k_10ep --seeds=0,1,2
+
+Each run is ``python -m ffsd_tf.run --flagfile=experiments/budget_study/settings/<setting>.flags
+--flagfile=experiments/budget_study/methods/<method>.flags --seed=S --output_dir=<runs>/<setting>_<method>_sS``
+(the exact command is printed). Finished runs (``results.json``) are skipped and killed ones resumed,
+so the script can be stopped and restarted. Runs go one after another: two at once on 2 cores
+distort every wall time.
+
+``ce_equal`` is the equal-compute row: CE trained for as many epochs as cost the wall time of seed
+0's FFSD-recipe run (``train_seconds`` in results.json; milestones scaled with the epochs). It runs
+after that seed-0 pair exists. ``quickstart`` is a setting too (experiments/quickstart.flags).
+
+Then: ``python -m ffsd_tf.report '<runs>/<setting>_*' --baseline='<runs>/<setting>_ce_s*'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDY = os.path.join("experiments", "budget_study")
+METHODS = ("ce", "ffsd_recipe", "ffsd_paper", "dml", "ce_equal")
+SETTINGS = ("c10_r20_5k_10ep", "c10_r8_20k_10ep", "fm_r20_5k_30ep", "c10_r20_5k_30ep")
+
+
+def setting_file(setting: str) -> str:
+    if setting == "quickstart":
+        return os.path.join("experiments", "quickstart.flags")
+    return os.path.join(STUDY, "settings", f"{setting}.flags")
+
+
+def flag_value(path: str, name: str) -> str:
+    """The last ``--name=value`` of a flagfile (the study's setting files are flat)."""
+    value = None
+    with open(os.path.join(ROOT, path)) as f:
+        for line in f:
+            if line.startswith(f"--{name}="):
+                value = line.strip().split("=", 1)[1]
+    if value is None:
+        raise SystemExit(f"{path} has no --{name}")
+    return value
+
+
+def results(run_dir: str) -> dict | None:
+    path = os.path.join(ROOT, run_dir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def equal_compute_flags(setting: str, runs: str) -> list[str] | None:
+    """CE's epochs (and scaled milestones) for the wall time of seed 0's FFSD-recipe run."""
+    ce, ffsd = results(f"{runs}/{setting}_ce_s0"), results(f"{runs}/{setting}_ffsd_recipe_s0")
+    if not ce or not ffsd or not ce.get("train_seconds") or not ffsd.get("train_seconds"):
+        return None
+    epochs = int(flag_value(setting_file(setting), "epochs"))
+    milestones = [int(m) for m in flag_value(setting_file(setting), "milestones").split(",")]
+    factor = ffsd["train_seconds"] / ce["train_seconds"]
+    new_epochs = max(epochs, round(epochs * factor))
+    scaled = sorted({max(1, round(m * new_epochs / epochs)) for m in milestones})
+    return [f"--epochs={new_epochs}", f"--milestones={','.join(map(str, scaled))}"]
+
+
+def command(setting: str, method: str, seed: int, runs: str) -> list[str] | None:
+    out = f"{runs}/{setting}_{method}_s{seed}"
+    extra = []
+    if method == "ce_equal":
+        extra = equal_compute_flags(setting, runs)
+        if extra is None:
+            return None
+    method_file = os.path.join(STUDY, "methods", f"{'ce' if method == 'ce_equal' else method}.flags")
+    cmd = [sys.executable, "-m", "ffsd_tf.run", f"--flagfile={setting_file(setting)}", f"--flagfile={method_file}",
+           *extra, f"--seed={seed}", f"--output_dir={out}", "--verbose=line"]
+    if os.path.isdir(os.path.join(ROOT, out)):
+        cmd.append("--resume")
+    return cmd
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--runs", default="runs/budget")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    for setting in args.settings.split(","):
+        for seed in seeds:
+            for method in methods:
+                out = f"{args.runs}/{setting}_{method}_s{seed}"
+                if results(out) is not None:
+                    continue
+                cmd = command(setting, method, seed, args.runs)
+                if cmd is None:
+                    print(f"skip {out}: needs {setting}_ce_s0 and {setting}_ffsd_recipe_s0 first", flush=True)
+                    continue
+                print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
+                start = time.time()
+                rc = subprocess.call(cmd, cwd=ROOT)
+                print(f"[{time.strftime('%H:%M:%S')}] rc={rc} in {(time.time() - start) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
