@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 from ffsd_tf.data.idx import DataError
-from ffsd_tf.data.sources import Source, _why, channel_stats
+from ffsd_tf.data.sources import Source, error_summary, channel_stats
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_DIRS = ("val", "test")  # the evaluation folder next to train/, first found
@@ -107,7 +107,7 @@ def _decode(path: str, size: int):
         resized = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
         return np.clip(np.rint(resized.numpy()), 0, 255).astype(np.uint8)
     except (tf.errors.OpError, ValueError) as e:
-        raise DataError(f"cannot decode image {path} ({_why(e)[:120]}); it is corrupt or not an image: "
+        raise DataError(f"cannot decode image {path} ({error_summary(e)[:120]}); it is corrupt or not an image: "
                         "fix or remove it") from None
 
 

@@ -51,7 +51,7 @@ import sys
 import tensorflow as tf
 
 from ffsd_tf.data.idx import DataError
-from ffsd_tf.data.sources import _why
+from ffsd_tf.data.sources import error_summary
 
 NAME = "imagenet2012"
 NUM_CLASSES = 1000
@@ -80,13 +80,13 @@ def open_builder(data_dir: str | None):
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise DataError(
-            f"{NAME}: tensorflow-datasets is not importable ({_why(e)}); pip install -r requirements.txt"
+            f"{NAME}: tensorflow-datasets is not importable ({error_summary(e)}); pip install -r requirements.txt"
         ) from None
     root = tfds_data_dir(data_dir)
     try:
         builder = tfds.builder(NAME, data_dir=root)
     except Exception as e:
-        raise DataError(f"{NAME}: tensorflow-datasets cannot open its builder in {root} ({_why(e)})") from None
+        raise DataError(f"{NAME}: tensorflow-datasets cannot open its builder in {root} ({error_summary(e)})") from None
     if not builder.is_prepared():
         manual_dir = os.path.join(root, "downloads", "manual")
         missing = [a for a in ARCHIVES if not os.path.isfile(os.path.join(manual_dir, a))]

@@ -131,7 +131,7 @@ class Source:
         )
 
 
-def _why(error: BaseException) -> str:
+def error_summary(error: BaseException) -> str:
     """``Type: first line of the message``, to keep DataError messages on one line."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
@@ -184,7 +184,7 @@ def read_npz(path: str, name: str) -> tuple[dict, list | None]:
     except DataError:
         raise
     except Exception as e:  # zipfile.BadZipFile, ValueError, EOFError, OSError, pickled object arrays ...
-        raise DataError(f"cannot read {path} as an .npz file ({_why(e)})") from None
+        raise DataError(f"cannot read {path} as an .npz file ({error_summary(e)})") from None
     for k in ("x_train", "x_test"):
         if arrays[k].ndim == 3:  # grayscale NHW -> NHW1
             arrays[k] = arrays[k][..., None]
@@ -328,7 +328,7 @@ def load_tfds(name: str, data_dir: str | None, archive: str, url: str, num_class
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise DataError(
-            f"{name}: tensorflow-datasets is not importable ({_why(e)}); pip install -r requirements.txt, "
+            f"{name}: tensorflow-datasets is not importable ({error_summary(e)}); pip install -r requirements.txt, "
             "or pass --data_dir=<an .npz with x_train, y_train, x_test, y_test>"
         ) from None
 
@@ -336,7 +336,7 @@ def load_tfds(name: str, data_dir: str | None, archive: str, url: str, num_class
     try:
         builder = tfds.builder(name, data_dir=root)
     except Exception as e:
-        why = _why(e)
+        why = error_summary(e)
         raise DataError(f"{name}: tensorflow-datasets cannot open its builder in {root} ({why})") from None
     if not builder.is_prepared():
         manual_dir = os.path.join(root, "downloads", "manual")
@@ -374,7 +374,9 @@ def prepare_offline(builder, manual_dir: str, what: str, fix: str) -> None:
     try:
         builder.download_and_prepare(download_config=config)
     except Exception as e:  # noqa: BLE001 - every cause becomes one line for the user
-        why = "its checksum is not the official archive's" if type(e).__name__ == "NonMatchingChecksumError" else _why(e)
+        why = error_summary(e)
+        if type(e).__name__ == "NonMatchingChecksumError":
+            why = "its checksum is not the official archive's"
         raise DataError(f"{what} failed ({why}); {fix}") from None
 
 
