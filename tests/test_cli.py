@@ -11,27 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = [
-    "--dataset=synthetic",
-    "--synthetic_classes=4",
-    "--synthetic_train=256",
-    "--synthetic_test=128",
-    "--image_size=16",
-    "--model=resnet8",
-    "--batch_size=32",
-    "--milestones=2",
-    "--lr=0.05",
-    "--lambda_diversity_schedule=exp_warmup:2",
-    "--verbose=line",
-]
+from tests.conftest import ROOT, SYNTHETIC, child_env, run_cli
 
-
-def run_cli(args, timeout=300, **kw):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
-    return subprocess.run(
-        [sys.executable, "-m", "ffsd_tf.run", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kw
-    )
+SMALL = [*SYNTHETIC, "--milestones=2", "--lr=0.05", "--lambda_diversity_schedule=exp_warmup:2", "--verbose=line"]
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +79,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(finished_run, tmp_path):
     full, _ = finished_run
     out = str(tmp_path / "killed")
     args = SMALL + ["--epochs=3", f"--output_dir={out}"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
-    proc = subprocess.Popen([sys.executable, "-m", "ffsd_tf.run", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "ffsd_tf.run", *args], cwd=ROOT, env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = os.path.join(out, "checkpoints", "ckpt-1.index")
     deadline = time.time() + 240

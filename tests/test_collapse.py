@@ -7,7 +7,7 @@ synthetic set) ends epoch 1 with its students at chance; a healthy cohort on the
 
 import pytest
 
-from tests.test_cli import run_cli
+from tests.conftest import run_cli
 
 COHORT = ["--dataset=synthetic", "--model=resnet8", "--synthetic_train=640", "--synthetic_test=32",
           "--image_size=8", "--batch_size=32", "--epochs=1", "--milestones=", "--verbose=quiet"]

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
+from tests.conftest import TINY_COHORT as TINY
+
 HELPER = os.path.join(ROOT, "tests", "multiworker_main.py")
-TINY = dict(model="resnet8", num_classes=10, input_shape=(16, 16, 3))
 SMOKE = [
     "--dataset=synthetic",
     "--synthetic_classes=4",

@@ -17,7 +17,8 @@ from ffsd_tf import flags as ffsd_flags
 from ffsd_tf import run
 
 FLAGS = flags.FLAGS
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
+
 FLAGFILES = sorted(os.path.relpath(f, ROOT) for f in glob.glob(f"{ROOT}/experiments/**/*.flags", recursive=True))
 # Smallest input each family accepts (VGG and ImageNet ResNets halve five times).
 TINY_SIZE = {"vgg16": 32, "resnet18": 32, "resnet34": 32}

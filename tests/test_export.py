@@ -24,7 +24,8 @@ from ffsd_tf import rundir
 from ffsd_tf.networks import build_network
 from ffsd_tf.trainer import FFSD, FFSDConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT, child_env
+
 BIN = os.path.dirname(sys.executable)
 IMAGE_SHAPE = (16, 16, 3)
 K = 10
@@ -503,7 +504,7 @@ def test_export_run_loads_the_runs_own_data(trained, tmp_path):
 
 # ------------------------------------------------------------------------------- CLI
 def run_export_cli(*args, timeout=180):
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = child_env()
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI must keep TensorFlow's start-up noise off stderr itself
     return subprocess.run([sys.executable, "-m", "export", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -563,7 +564,7 @@ def test_cli_exports_a_run(trained, tmp_path):
 def test_cli_exports_a_real_training_run(tmp_path):
     """``python -m ffsd_tf.run`` then ``python -m export``: the export measures what training measured."""
     out = str(tmp_path / "run")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    env = child_env()
     train = subprocess.run(
         [sys.executable, "-m", "ffsd_tf.run", "--dataset=synthetic", "--model=resnet8", "--image_size=16",
          "--epochs=2", "--batch_size=32", "--milestones=", f"--output_dir={out}", "--verbose=line"],

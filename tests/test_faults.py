@@ -29,20 +29,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT, SYNTHETIC, child_env
 
-TINY = [
-    "--dataset=synthetic",
-    "--synthetic_classes=4",
-    "--synthetic_train=256",
-    "--synthetic_test=128",
-    "--image_size=16",
-    "--model=resnet8",
-    "--batch_size=32",
-    "--milestones=",
-    "--epochs=3",
-    "--verbose=quiet",
-]
+TINY = [*SYNTHETIC, "--milestones=", "--epochs=3", "--verbose=quiet"]
 STEPS, EVAL_BATCHES = 256 // 32, 128 // 32
 SEED = int(os.environ.get("FFSD_FAULT_SEED", "20240"))
 TRIALS = int(os.environ.get("FFSD_FAULT_TRIALS", "1"))
@@ -147,21 +136,17 @@ app.run(run.main, flags_parser=run.flags_parser())
 """
 
 
-def _env(**extra):
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT, **extra}
-
-
 def train(args, kill=None, timeout=TIMEOUT):
     """``python -m ffsd_tf.run ARGS``, or the same through the kill harness."""
     if kill is None:
-        cmd, env = [sys.executable, "-m", "ffsd_tf.run", *args], _env()
+        cmd, env = [sys.executable, "-m", "ffsd_tf.run", *args], child_env()
     else:
-        cmd, env = [sys.executable, "-c", HARNESS, *args], _env(FFSD_TEST_KILL=kill)
+        cmd, env = [sys.executable, "-c", HARNESS, *args], child_env(FFSD_TEST_KILL=kill)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def export_cli(*args, timeout=TIMEOUT):
-    env = _env()
+    env = child_env()
     env.pop("TF_CPP_MIN_LOG_LEVEL")
     return subprocess.run([sys.executable, "-m", "export", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -4,6 +4,7 @@ import pytest
 from absl import flags
 
 from ffsd_tf import flags as ffsd_flags
+from tests.conftest import ROOT
 
 FLAGS = flags.FLAGS
 
@@ -48,7 +49,6 @@ def test_paper_defaults(parsed):
     assert ffsd_flags.milestones() == [150, 225] and f.epochs == 299 and f.batch_size == 128
 
 
-ROOT = __file__.rsplit("/tests/", 1)[0]
 FLAGFILES = sorted(__import__("glob").glob(ROOT + "/experiments/**/*.flags", recursive=True))
 
 

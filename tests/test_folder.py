@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from ffsd_tf.data import DATASETS, DataError, load_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT, child_env
 CLASSES = ["cat", "dog", "eel", "fox", "gnu"]  # sorted, as the folders are read
 COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [40, 200, 200]], np.float64)
 
@@ -155,7 +155,7 @@ def test_missing_folder_and_split_on_other_datasets(tmp_path):
 def test_cli_trains_and_exports_a_folder_with_its_names_and_statistics(tmp_path):
     written = make_folder(tmp_path / "data", {"train": 8, "val": 4})
     out = tmp_path / "run"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "ffsd_tf.run", "--dataset=folder", f"--data_dir={tmp_path / 'data'}",
          "--model=resnet8", "--image_size=16", "--batch_size=8", "--epochs=1", "--milestones=",
@@ -210,7 +210,7 @@ def test_cli_refuses_a_corrupt_image_with_one_line_naming_it(tmp_path):
     make_folder(tmp_path / "data", {"train": 2, "val": 1})
     bad = tmp_path / "data" / "val" / "dog" / "broken.png"
     bad.write_bytes(tf.io.encode_png(images_of(1, 1)[0]).numpy()[:40])  # truncated
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "ffsd_tf.run", "--dataset=folder", f"--data_dir={tmp_path / 'data'}",
          "--model=resnet8", "--image_size=16", "--epochs=1", "--milestones=", f"--output_dir={tmp_path / 'run'}"],

@@ -16,7 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="CPU torch is not installed (pip install -r requirements-parity.txt)")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT  # noqa: E402
+
 sys.path.insert(0, os.path.join(ROOT, "benchmarks", "parity"))
 
 import parity  # noqa: E402

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 
 import pytest
 
 from ffsd_tf.callbacks import CompactProgress
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT, child_env
 
 
 class Terminal(io.StringIO):
@@ -53,7 +51,7 @@ def test_unknown_mode_is_refused():
 
 
 def test_cli_output_to_a_pipe_has_one_line_per_epoch_and_no_redraws(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "ffsd_tf.run", "--dataset=synthetic", "--synthetic_classes=4", "--synthetic_train=64",
          "--synthetic_test=32", "--image_size=8", "--model=resnet8", "--batch_size=16", "--epochs=2",

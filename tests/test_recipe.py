@@ -9,9 +9,9 @@ from absl import flags
 
 from ffsd_tf import flags as ffsd_flags
 from ffsd_tf.trainer import LOSS_WEIGHTS
+from tests.conftest import ROOT
 
 FLAGS = flags.FLAGS
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "experiments", "recipes", "robust.flags")
 
 

@@ -16,19 +16,15 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = [
-    "--dataset=synthetic", "--synthetic_classes=4", "--synthetic_train=256", "--synthetic_test=128",
-    "--image_size=16", "--model=resnet8", "--batch_size=32", "--milestones=", "--epochs=2", "--verbose=quiet",
-]
+from tests.conftest import ROOT, SYNTHETIC, child_env, run_module
+
+SMALL = [*SYNTHETIC, "--milestones=", "--epochs=2", "--verbose=quiet"]
 CE = ["--noleader", "--nomutual_learning", "--diversity=none"]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
 MODELS = ["student1", "student2", "students_mean", "ensemble", "ens_any", "fusion", "leader"]
 
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "ffsd_tf.report", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_module("ffsd_tf.report", args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +37,7 @@ def runs(tmp_path_factory):
     for pair in (names[:2], names[2:]):
         procs = {
             n: subprocess.Popen([sys.executable, "-m", "ffsd_tf.run", *SMALL, *specs[n], f"--output_dir={dirs[n]}"],
-                                cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for n in pair
         }
         for n, p in procs.items():

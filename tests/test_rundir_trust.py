@@ -16,20 +16,10 @@ import sys
 
 import pytest
 
-from tests.test_faults import _env, _write_state, export_cli, one_error_line, train
+from tests.conftest import ROOT, SYNTHETIC_8PX, child_env
+from tests.test_faults import _write_state, export_cli, one_error_line, train
 
-TINY = [
-    "--dataset=synthetic",
-    "--model=resnet8",
-    "--synthetic_train=96",
-    "--synthetic_test=32",
-    "--image_size=8",
-    "--batch_size=16",
-    "--epochs=3",
-    "--milestones=2",
-    "--verbose=quiet",
-]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [*SYNTHETIC_8PX, "--epochs=3", "--milestones=2", "--verbose=quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +205,7 @@ def test_case3_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last_good
     import tensorflow as tf
 
     out = str(tmp_path / "run")
-    proc = subprocess.run([sys.executable, "-c", DISK_FULL, *TINY, f"--output_dir={out}"], cwd=ROOT, env=_env(),
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL, *TINY, f"--output_dir={out}"], cwd=ROOT, env=child_env(),
                           capture_output=True, text=True, timeout=300)
     line = one_error_line(proc, "epoch 2 checkpoint", code=4)
     assert "No space left on device" in line and "ckpt-1" in line

@@ -14,10 +14,12 @@ import tensorflow as tf
 
 from ffsd_tf.trainer import FFSD, FFSDConfig
 
-from .test_cli import SMALL, run_cli
+from tests.conftest import TINY_COHORT as TINY
+from tests.conftest import run_cli
+
+from .test_cli import SMALL
 from .test_trainer import batch, moved_by
 
-TINY = dict(model="resnet8", num_classes=10, input_shape=(16, 16, 3))
 NO_ONLINE = dict(leader=False, diversity="none", self_distillation="none")
 
 

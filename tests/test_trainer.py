@@ -5,8 +5,7 @@ import pytest
 import tensorflow as tf
 
 from ffsd_tf.trainer import FFSD, FFSDConfig, student_name
-
-TINY = dict(model="resnet8", num_classes=10, input_shape=(16, 16, 3))
+from tests.conftest import TINY_COHORT as TINY
 
 
 def batch(rng, n=8, classes=10, size=16):

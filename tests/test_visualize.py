@@ -5,8 +5,6 @@ One real FFSD run (ResNet-8 on a small synthetic task, 2 epochs) is trained once
 
 import os
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -16,25 +14,19 @@ import tensorflow as tf
 from ffsd_tf import rundir, visualize
 from ffsd_tf.trainer import FFSD, FFSDConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = [
-    "--dataset=synthetic", "--synthetic_classes=4", "--synthetic_train=256", "--synthetic_test=128",
-    "--image_size=16", "--model=resnet8", "--batch_size=32", "--milestones=", "--epochs=2", "--verbose=quiet",
-    "--seed=3",
-]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+from tests.conftest import SYNTHETIC, run_cli, run_module
+
+SMALL = [*SYNTHETIC, "--milestones=", "--epochs=2", "--verbose=quiet", "--seed=3"]
 
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "ffsd_tf.visualize", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_module("ffsd_tf.visualize", args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("visualize") / "run")
-    proc = subprocess.run([sys.executable, "-m", "ffsd_tf.run", *SMALL, f"--output_dir={out}"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli([*SMALL, f"--output_dir={out}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
