@@ -44,7 +44,7 @@ zero vector). Two companions come with it (JSON/CSV and an extra Markdown column
 same averaging: ``cosine_attention`` (of the Eq. 7 attention maps ``A^L`` of ``F^L``, what the
 diversity loss shifts; channel-order free) and ``cosine_softmax`` (of the softmax outputs).
 Each run's latest checkpoint is restored (``rundir.restore_model``) and evaluated in inference
-mode on its whole test split, rebuilt from the run's ``flags.txt`` as ``export`` does; a group
+mode on its whole test split, rebuilt from the run's ``config.json`` as ``export`` does; a group
 gets the mean and std over its runs. Runs with one student have none.
 
 Accuracies in JSON and CSV are fractions (as in ``results.json``); Markdown shows percent.
@@ -67,30 +67,16 @@ import sys
 import numpy as np
 from absl import flags
 
+from ffsd_tf import rundir
 from ffsd_tf.atomic import write_text_atomic
 from ffsd_tf.cli import fail, parse_args
-
-# File names of a run directory (= ffsd_tf.rundir's; not imported so that a report without
-# --cosine does not load TensorFlow).
-CONFIG = "config.json"
-RESULTS = "results.json"
-FLAGS_FILE = "flags.txt"
+from ffsd_tf.config import NEUTRAL, settings, value_text
+from ffsd_tf.rundir import CONFIG, FLAGS_FILE, MODEL_LABELS, RESULTS, RunDirError, is_student, model_label
 
 FORMATS = ("md", "json", "csv")
-# Models in table order after the common students, with their labels (as in ffsd_tf.run).
-MODEL_LABELS = {
-    "students_mean": "Students' mean",
-    "ensemble": "Softmax ensemble",
-    "ens_any": "Ens (any student right)",
-    "fusion": "Fusion classifier",
-    "leader": "Leader",
-    "teacher": "Teacher (fixed)",
-}
-# Flags that do not change what is trained (or that identify the run): never reported as differing.
-IGNORED_FLAGS = {
-    "seed", "output_dir", "resume", "verbose", "export", "export_dir", "keep_checkpoints", "data_dir",
-    "jit_compile", "strategy", "flagfile",
-}
+# Settings never reported as differing within a group: those that do not change what is trained
+# (config.NEUTRAL), the seed (a group's runs differ in it by design) and where the data lived.
+IGNORED_SETTINGS = NEUTRAL | {"seed", "data_dir"}
 COSINES = ("cosine", "cosine_attention", "cosine_softmax")
 STD_NOTE = "sample standard deviation (ddof=1) over runs; null/n/a for a single run"
 
@@ -114,51 +100,26 @@ class ReportError(ValueError):
 # ---------------------------------------------------------------------------------- reading
 def _read_json(path: str):
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ReportError(f"cannot read {path} ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
-
-
-def read_flagfile(path: str) -> dict[str, str]:
-    """``--name=value`` lines of a run's flags.txt; ``--name`` -> "true", ``--noname`` -> "false"."""
-    values: dict[str, str] = {}
-    if not os.path.exists(path):
-        return values
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ReportError(f"cannot read {path} ({type(e).__name__}); restore it or delete it") from None
-    for line in lines:
-        line = line.strip()
-        if not line.startswith("--"):
-            continue
-        if "=" in line:
-            key, value = line[2:].split("=", 1)
-        elif line.startswith("--no"):
-            key, value = line[4:], "false"
-        else:
-            key, value = line[2:], "true"
-        values[key] = value
-    return values
+        return rundir.read_json(path)
+    except (OSError, RunDirError) as e:
+        raise ReportError(" ".join(str(e).split()) if isinstance(e, RunDirError) else f"cannot read {path} ({e})") from None
 
 
 def load_run(path: str) -> dict:
-    """One finished run: ``{"dir", "model", "dataset", "results", "flags", "seed"}``; ReportError if it is not one."""
+    """One finished run: ``{"dir", "model", "dataset", "results", "flags", "seed"}``; ReportError if it is not one.
+
+    ``flags`` are the run's settings from its config.json (name -> value as a flag writes it)."""
     hint = "pass the --output_dir of python -m ffsd_tf.run"
     if not os.path.exists(path):
         raise ReportError(f"{path} does not exist; {hint}")
     if not os.path.isdir(path):
         raise ReportError(f"{path} is not a directory; {hint}")
-    config_path = os.path.join(path, CONFIG)
-    if not os.path.isfile(config_path):
+    if not os.path.isfile(os.path.join(path, CONFIG)):
         raise ReportError(f"{path} is not a run directory (no {CONFIG}); {hint}")
-    config = _read_json(config_path)
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(
-        config.get("dataset"), dict
-    ):
-        raise ReportError(f"{config_path} has no 'model' and 'dataset' sections; it was not written by ffsd_tf.run")
+    try:
+        config = rundir.read_config_json(path)
+    except RunDirError as e:
+        raise ReportError(" ".join(str(e).split())) from None
     results_path = os.path.join(path, RESULTS)
     if not os.path.isfile(results_path):
         raise ReportError(
@@ -174,19 +135,15 @@ def load_run(path: str) -> dict:
             isinstance(entry.get(k), (int, float)) and math.isfinite(entry[k]) for k in ("best", "final")
         ):
             raise ReportError(f"{results_path}: accuracy of {name!r} lacks finite 'best' and 'final' values")
-    run_flags = read_flagfile(os.path.join(path, FLAGS_FILE))
-    seed = run_flags.get("seed")
-    try:
-        seed = int(seed) if seed is not None else None
-    except ValueError:
-        seed = None
+    run_settings = settings(config)
+    seed = run_settings.get("seed")
     return {
         "dir": path,
         "model": config["model"],
         "dataset": config["dataset"],
         "results": results,
-        "flags": run_flags,
-        "seed": seed,
+        "flags": {k: value_text(v) for k, v in run_settings.items()},
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
     }
 
 
@@ -236,19 +193,13 @@ def baseline_key(group: dict) -> str:
 
 
 def student_names(runs) -> list[str]:
-    names = {k for r in runs for k in r["results"]["accuracy"] if k.startswith("student") and k[7:].isdigit()}
+    names = {k for r in runs for k in r["results"]["accuracy"] if is_student(k)}
     return sorted(names, key=lambda k: int(k[7:]))
 
 
 def model_names(runs) -> list[str]:
     present = {k for r in runs for k in r["results"]["accuracy"]}
     return student_names(runs) + [k for k in MODEL_LABELS if k in present]
-
-
-def model_label(name: str) -> str:
-    if name in MODEL_LABELS:
-        return MODEL_LABELS[name]
-    return name.replace("student", "Common student ")
 
 
 def stats(values) -> dict:
@@ -275,7 +226,7 @@ def make_group(runs: list[dict], baseline: bool) -> dict:
     differing = sorted(
         k
         for k in set().union(*(r["flags"] for r in runs))
-        if k not in IGNORED_FLAGS and len({r["flags"].get(k) for r in runs}) > 1
+        if k not in IGNORED_SETTINGS and len({r["flags"].get(k) for r in runs}) > 1
     )
     if differing:
         notes.append("flags differ: " + ", ".join(differing))
@@ -436,15 +387,14 @@ def run_cosines(run_dir: str) -> dict | None:
     tf = import_tensorflow_quietly()
     tf.get_logger().setLevel("ERROR")
 
-    from ffsd_tf import rundir
     from ffsd_tf.attention import attention_map, normalize
     from ffsd_tf.data import DataError
 
     try:
-        model, meta, _ = rundir.restore_model(run_dir)
+        model, _, _ = rundir.restore_model(run_dir)
         if model.config.num_students < 2:
             return None
-        bundle = rundir.load_run_data(run_dir, meta, tuple(model.config.input_shape))
+        bundle = rundir.load_run_data(run_dir)
     except (rundir.RunDirError, DataError) as e:
         raise ReportError(" ".join(str(e).split())) from None
     students = model.common_students

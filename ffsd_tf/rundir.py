@@ -1,36 +1,60 @@
-"""The run directory: what a run writes, written atomically, and how to read it back.
+"""The run directory: its layout, what a run writes (atomically), and how every tool reads it back.
 
 ::
 
     <output_dir>/
-      flags.txt          effective flags; replay with --flagfile=<output_dir>/flags.txt
-      config.json        the cohort (FFSDConfig) and the dataset metadata (classes, mean/std)
+      flags.txt          effective flags, for replay only: --flagfile=<output_dir>/flags.txt
+      config.json        the run's whole configuration (config.RunConfig.to_dict: data, cohort,
+                         optimisation, loss weights, runtime) and, under "dataset", what the data
+                         turned out to be (classes, image shape, mean/std, class names)
       checkpoints/       tf.train.Checkpoint per epoch: every network, every optimizer's state,
                          the epoch counter (the LR schedule is a function of the optimizer steps)
       history.json       per-epoch logs up to the last checkpoint
       tensorboard/       train/ and validation/ scalars named per model (leader/acc, ...)
-      results.json       best and final accuracy of every model
-      results.md         the same as a Markdown table
+      results.json       best and final accuracy of every model (``summarize``)
+      results.md         the same as a Markdown table (``results_table``)
+      export/            exported versions of the leader (ffsd_tf.export)
+
+Readers: ``read_config_json`` (no TensorFlow: report), ``read_config`` (typed), ``load_config``
+(the cohort alone), ``check_compatible`` (resume), ``find_checkpoints`` / ``restore_model``,
+``load_run_data`` (the run's data rebuilt from its config). TensorFlow and the trainer are
+imported inside the functions that need them, so ``report`` can import this module without them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
-
+from ffsd_tf import config as run_config
 from ffsd_tf.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401
-from ffsd_tf.trainer import FFSD, FFSDConfig
+from ffsd_tf.config import ConfigError, RunConfig
+
+if TYPE_CHECKING:
+    from ffsd_tf.trainer import FFSD, FFSDConfig
 
 CONFIG = "config.json"
 FLAGS_FILE = "flags.txt"
 HISTORY = "history.json"
 CHECKPOINTS = "checkpoints"
+RESULTS = "results.json"
+RESULTS_TABLE = "results.md"
+EXPORT = "export"
+
+# Models of results.json after the common students (student1, ..., studentN), in the order of the
+# paper's Table I, with their labels (results.md, report).
+MODEL_LABELS = {
+    "students_mean": "Students' mean",
+    "ensemble": "Softmax ensemble",
+    "ens_any": "Ens (any student right)",
+    "fusion": "Fusion classifier",
+    "leader": "Leader",
+    "teacher": "Teacher (fixed)",
+}
 
 
 class RunDirError(ValueError):
@@ -49,21 +73,211 @@ def read_json(path: str):
         raise RunDirError(f"{path} is damaged ({e}); restore it or start a new --output_dir") from None
 
 
-def config_to_dict(config: FFSDConfig) -> dict:
-    d = dataclasses.asdict(config)
-    d["input_shape"] = list(d["input_shape"])
-    return d
+def read_flagfile(path: str) -> dict[str, str]:
+    """A flagfile (``flags.txt``) as name -> value text: ``--name=value`` lines, ``--name`` -> "true",
+    ``--noname`` -> "false" for a known boolean (``parse_flag_lines``); {} when it is missing. A
+    file that is not UTF-8 text is a one-line RunDirError naming it."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path} is damaged (not UTF-8 text); restore it or delete it") from None
+    return parse_flag_lines(lines)
 
 
-def config_from_dict(d: dict) -> FFSDConfig:
-    d = dict(d)
-    d["input_shape"] = tuple(d["input_shape"])
-    return FFSDConfig(**d)
+def parse_flag_lines(lines) -> dict[str, str]:
+    """Flag lines (a flagfile's, or the values of config.json's old "flags" section) as name -> value
+    text; comments, blank lines and anything else are skipped."""
+    values: dict[str, str] = {}
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("--"):
+            continue
+        if "=" in line:
+            key, value = line[2:].split("=", 1)
+        elif line.startswith("--no"):
+            key, value = line[4:], "false"
+        else:
+            key, value = line[2:], "true"
+        values[key] = value
+    return values
 
 
+# ------------------------------------------------------------------------------ config.json
+def _read_saved(run_dir: str) -> dict:
+    """config.json with its "model" (cohort) and "dataset" (metadata) sections, as stored."""
+    path = os.path.join(run_dir, CONFIG)
+    if not os.path.exists(path):
+        raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG}); pass the --output_dir of a training run")
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get(run_config.COHORT), dict) or not isinstance(
+        saved.get("dataset"), dict
+    ):
+        raise RunDirError(f"{path} has no 'model' and 'dataset' sections; restore it or pass another run directory")
+    return saved
+
+
+def _read_config_json(run_dir: str) -> tuple[dict, str]:
+    """(config.json in this layout, the file its settings come from)."""
+    path = os.path.join(run_dir, CONFIG)
+    saved = _read_saved(run_dir)
+    if "version" in saved:
+        if saved["version"] != run_config.VERSION:
+            raise RunDirError(f"{path} has layout version {saved['version']!r:.20}; this ffsd_tf reads version "
+                              f"{run_config.VERSION} and older: use the ffsd_tf that wrote it")
+        try:
+            run_config.check_layout(saved)
+        except ConfigError as e:
+            raise RunDirError(f"{path} is damaged ({e}); restore it or pass another run directory") from None
+        return saved, path
+    # Written before this layout: the settings are config.json's "flags" section, or flags.txt for
+    # runs written before that.
+    flags = saved.get("flags")
+    if isinstance(flags, dict) and all(isinstance(v, str) for v in flags.values()):
+        source, values = path, parse_flag_lines(flags.values())
+    else:
+        source = os.path.join(run_dir, FLAGS_FILE)
+        values = read_flagfile(source)
+    try:
+        return run_config.upgrade(saved, values), source
+    except ConfigError as e:
+        raise RunDirError(f"{source} is damaged ({e}); restore it") from None
+
+
+def read_config_json(run_dir: str) -> dict:
+    """A run's config.json as ``RunConfig.to_dict`` lays it out, plus "dataset" (the metadata); older
+    layouts upgraded (``config.upgrade``). Damage is one RunDirError line naming the file."""
+    return _read_config_json(run_dir)[0]
+
+
+def read_config(run_dir: str) -> tuple[RunConfig, dict]:
+    """(the run's RunConfig, its dataset metadata: name, num_classes, image_shape, mean, std, class_names...)."""
+    saved = read_config_json(run_dir)
+    try:
+        return RunConfig.from_dict(saved), saved["dataset"]
+    except ConfigError as e:
+        raise RunDirError(f"{os.path.join(run_dir, CONFIG)} does not describe an FFSD run ({e}); "
+                          "restore it or pass another run directory") from None
+
+
+def load_config(run_dir: str) -> tuple[FFSDConfig, dict]:
+    """(cohort config, dataset metadata) of a run directory: what restoring its networks needs."""
+    saved = _read_saved(run_dir)
+    try:
+        return run_config.cohort_from_dict(saved[run_config.COHORT]), saved["dataset"]
+    except ConfigError as e:
+        raise RunDirError(f"{os.path.join(run_dir, CONFIG)} does not describe an FFSD run ({e}); "
+                          "restore it or pass another run directory") from None
+
+
+def dataset_metadata(bundle, data_dir: str | None) -> dict:
+    """config.json's "dataset" section: what the loaded data turned out to be."""
+    return {
+        "name": bundle.name,
+        "data_dir": data_dir,
+        "num_classes": bundle.num_classes,
+        "image_shape": list(bundle.image_shape),
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+        "class_names": list(bundle.class_names),
+        "partial_batch": bundle.partial_batch,
+        "steps_per_epoch": bundle.steps_per_epoch,
+    }
+
+
+def write_config(run_dir: str, config: RunConfig, bundle) -> None:
+    """config.json, atomically: the whole RunConfig and the dataset's metadata."""
+    write_json_atomic(os.path.join(run_dir, CONFIG),
+                      {**config.to_dict(), "dataset": dataset_metadata(bundle, config.data.data_dir)})
+
+
+def check_compatible(run_dir: str, config: RunConfig, force: bool = False, warn=None) -> None:
+    """Refuses to resume a run directory written for another cohort, dataset or partial-batch policy,
+    or with a setting that changes the result (all but ``config.NEUTRAL``) and differs from the
+    stored one. ``force`` turns a setting difference into a warning; another cohort is always refused."""
+    if not os.path.exists(os.path.join(run_dir, CONFIG)):
+        raise RunDirError(f"{run_dir} has checkpoints but no {CONFIG}; it was not written by ffsd_tf.run")
+    saved, source = _read_config_json(run_dir)
+    try:
+        stored = RunConfig.from_dict(saved)
+    except ConfigError as e:
+        raise RunDirError(f"{os.path.join(run_dir, CONFIG)} does not describe an FFSD run ({e}); "
+                          "restore it or start a new --output_dir") from None
+    theirs, mine = run_config.cohort_to_dict(stored.cohort), run_config.cohort_to_dict(config.cohort)
+    diffs = [f"{k}={theirs.get(k)!r} (now {mine[k]!r})" for k in mine if theirs.get(k) != mine[k]]
+    diffs += [f"{k}={getattr(stored.data, k)!r} (now {getattr(config.data, k)!r})" for k in ("dataset", "partial_batch")
+              if getattr(stored.data, k) != getattr(config.data, k)]
+    if diffs:
+        raise RunDirError(
+            f"checkpoint in {run_dir} is from another configuration ({'; '.join(diffs)}); "
+            "use another --output_dir or the same flags"
+        )
+    theirs, mine = stored.settings(), config.settings()
+    drift = [f"{run_config.flag_text(k, mine[k])} (the run has {run_config.flag_text(k, theirs.get(k))})"
+             for k in sorted(mine) if k not in run_config.NEUTRAL and theirs.get(k) != mine[k]]
+    if not drift:
+        return
+    message = (f"resuming {run_dir} with flags that change the result: {'; '.join(drift)} (stored in {source}); "
+               f"resume with the run's flags (--flagfile={os.path.join(run_dir, FLAGS_FILE)}), use another "
+               "--output_dir, or pass --force_resume")
+    if not force:
+        raise RunDirError(message)
+    (_stderr if warn is None else warn)(f"warning: --force_resume: {'; '.join(drift)}")
+
+
+# ------------------------------------------------------------------------------ results
+def is_student(name: str) -> bool:
+    return name.startswith("student") and name[len("student"):].isdigit()
+
+
+def model_label(name: str) -> str:
+    return MODEL_LABELS.get(name) or name.replace("student", "Common student ")
+
+
+def summarize(history: list[dict], num_students: int) -> dict:
+    """Best (with its epoch) and final test accuracy of every model from the per-epoch history."""
+    evaluated = [h for h in history if any(k.startswith("val_") for k in h)]
+    results = {}
+    for name in [f"student{i + 1}" for i in range(num_students)] + list(MODEL_LABELS):
+        key = f"val_{name}/acc"
+        series = [(h["epoch"], h[key]) for h in evaluated if key in h]
+        if not series:
+            continue
+        best_epoch, best = max(series, key=lambda p: (p[1], -p[0]))
+        results[name] = {"best": best, "best_epoch": best_epoch, "final": series[-1][1], "final_epoch": series[-1][0]}
+    return results
+
+
+def results_table(accuracy: dict) -> str:
+    """results.md's table of ``summarize``'s accuracies (percent)."""
+    lines = ["| model | best test acc (%) | epoch | final test acc (%) |", "|---|---:|---:|---:|"]
+    order = [k for k in accuracy if is_student(k)] + [k for k in MODEL_LABELS if k in accuracy]
+    for k in order:
+        r = accuracy[k]
+        lines.append(f"| {model_label(k)} | {100 * r['best']:.2f} | {r['best_epoch']} | {100 * r['final']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(run_dir: str, results: dict, title: str) -> str:
+    """results.json and results.md (``title`` over the table), atomically; returns the table."""
+    write_json_atomic(os.path.join(run_dir, RESULTS), results)
+    table = results_table(results["accuracy"])
+    write_text_atomic(os.path.join(run_dir, RESULTS_TABLE), f"# {title}\n\n{table}")
+    return table
+
+
+# ------------------------------------------------------------------------------ checkpoints
 STATE_FILE = "checkpoint"  # TF's checkpoint state file inside checkpoints/
 _CKPT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
-_UNREADABLE = (tf.errors.OpError, ValueError, AssertionError, IndexError, KeyError, TypeError, OverflowError)
+
+
+def _unreadable() -> tuple:
+    """What restoring a damaged checkpoint raises."""
+    import tensorflow as tf
+
+    return (tf.errors.OpError, ValueError, AssertionError, IndexError, KeyError, TypeError, OverflowError)
 
 
 def _stderr(message: str) -> None:
@@ -97,6 +311,8 @@ def listed_checkpoints(run_dir: str) -> list[str] | None:
         return None
     if not _inside(state_path, directory):
         raise RunDirError(f"{state_path} points outside {directory}; delete it (the run rescans ckpt-N files)")
+    import tensorflow as tf
+
     try:
         state = tf.train.get_checkpoint_state(directory)
     except Exception:  # noqa: BLE001 - a damaged text proto (ParseError, UnicodeDecodeError, OpError...)
@@ -158,6 +374,8 @@ def has_checkpoint(run_dir: str) -> bool:
 
 def readable(path: str) -> str | None:
     """None if every tensor of checkpoint ``path`` reads back (CRCs checked), else the first error line."""
+    import tensorflow as tf
+
     try:
         reader = tf.train.load_checkpoint(path)
         for name in reader.get_variable_to_shape_map():
@@ -195,72 +413,6 @@ def read_history(path: str) -> list[dict]:
     return history
 
 
-def check_compatible(run_dir: str, config: FFSDConfig, dataset: str, partial_batch: str | None = None,
-                     flags: dict | None = None, force: bool = False, warn=None) -> None:
-    """Refuses to resume a run directory written for another cohort, dataset or partial-batch policy,
-    or (``flags``: name -> ``--name=value``) with a result-defining flag that differs from the run's
-    stored ones (``config.json``'s "flags" section; ``flags.txt`` for runs written before it existed).
-    ``force`` turns a flag difference into a warning; a different cohort is always refused."""
-    path = os.path.join(run_dir, CONFIG)
-    if not os.path.exists(path):
-        raise RunDirError(f"{run_dir} has checkpoints but no {CONFIG}; it was not written by ffsd_tf.run")
-    saved = read_json(path)
-    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict) or not isinstance(
-        saved.get("dataset", {}), dict
-    ):
-        raise RunDirError(f"{path} has no 'model' and 'dataset' sections; restore it or start a new --output_dir")
-    mine = config_to_dict(config)
-    diffs = [f"{k}={saved['model'].get(k)!r} (now {mine[k]!r})" for k in mine if saved["model"].get(k) != mine[k]]
-    if saved.get("dataset", {}).get("name") != dataset:
-        diffs.append(f"dataset={saved.get('dataset', {}).get('name')!r} (now {dataset!r})")
-    # Runs written before the policy existed trained on every partial batch ("keep").
-    saved_policy = saved.get("dataset", {}).get("partial_batch", "keep")
-    if partial_batch is not None and saved_policy != partial_batch:
-        diffs.append(f"partial_batch={saved_policy!r} (now {partial_batch!r})")
-    if diffs:
-        raise RunDirError(
-            f"checkpoint in {run_dir} is from another configuration ({'; '.join(diffs)}); "
-            "use another --output_dir or the same flags"
-        )
-    if flags is None:
-        return
-    stored = saved.get("flags")
-    source = path
-    if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
-        source = os.path.join(run_dir, FLAGS_FILE)
-        stored = {k: f"--{k}={v}" for k, v in read_flagfile(source).items()}  # "--name=value" lines only
-        flags = {k: v for k, v in flags.items() if "=" in v}  # booleans are "--name"/"--noname" lines
-    drift = [f"{mine_line} (the run has {stored[k]})" for k, mine_line in sorted(flags.items())
-             if k in stored and stored[k] != mine_line]
-    if not drift:
-        return
-    message = (f"resuming {run_dir} with flags that change the result: {'; '.join(drift)} (stored in {source}); "
-               f"resume with the run's flags (--flagfile={os.path.join(run_dir, FLAGS_FILE)}), use another "
-               "--output_dir, or pass --force_resume")
-    if not force:
-        raise RunDirError(message)
-    (_stderr if warn is None else warn)(f"warning: --force_resume: {'; '.join(drift)}")
-
-
-def read_flagfile(path: str) -> dict[str, str]:
-    """``--name=value`` lines of a flags.txt (name -> value); {} when it is missing. A file that is
-    not UTF-8 text is a one-line RunDirError naming it."""
-    values: dict[str, str] = {}
-    if not os.path.exists(path):
-        return values
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError:
-        raise RunDirError(f"{path} is damaged (not UTF-8 text); restore it or delete it") from None
-    for line in lines:
-        line = line.strip()
-        if line.startswith("--") and "=" in line:
-            key, value = line[2:].split("=", 1)
-            values[key] = value
-    return values
-
-
 def _restore_newest(run_dir: str, attempt, warn, what: str) -> str:
     """Calls ``attempt(path)`` on each checkpoint of ``run_dir``, newest first, until one works."""
     warn = _stderr if warn is None else warn
@@ -272,7 +424,7 @@ def _restore_newest(run_dir: str, attempt, warn, what: str) -> str:
                 raise FileNotFoundError(f"{os.path.basename(path)}.index does not exist")
             attempt(path)
             return path
-        except _UNREADABLE + (OSError,) as e:
+        except _unreadable() + (OSError,) as e:
             problem = readable(path) if isinstance(e, (AssertionError, ValueError)) else _first_line(e)
             if problem is None:  # every tensor reads back: the checkpoint is whole, the structure differs
                 raise RunDirError(f"checkpoint {path} does not match {os.path.join(run_dir, CONFIG)}: "
@@ -282,7 +434,7 @@ def _restore_newest(run_dir: str, attempt, warn, what: str) -> str:
     raise RunDirError(f"no readable checkpoint in {directory} ({'; '.join(errors) or 'none found'}); {what}")
 
 
-def restore_latest_good(checkpoint: tf.train.Checkpoint, run_dir: str, warn=None) -> str:
+def restore_latest_good(checkpoint, run_dir: str, warn=None) -> str:
     """Restores the newest checkpoint that reads back; warns about and skips corrupt ones.
 
     A checkpoint is written to temporary files and listed in ``checkpoints/checkpoint`` only when
@@ -293,22 +445,7 @@ def restore_latest_good(checkpoint: tf.train.Checkpoint, run_dir: str, warn=None
                            "remove the directory to start over")
 
 
-def load_config(run_dir: str) -> tuple[FFSDConfig, dict]:
-    """(cohort config, dataset metadata) of a run directory."""
-    path = os.path.join(run_dir, CONFIG)
-    if not os.path.exists(path):
-        raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG}); pass the --output_dir of a training run")
-    saved = read_json(path)
-    try:
-        if not isinstance(saved, dict) or not isinstance(saved.get("dataset"), dict):
-            raise TypeError("no 'dataset' section")
-        return config_from_dict(saved["model"]), saved["dataset"]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise RunDirError(f"{path} does not describe an FFSD run ({type(e).__name__}: {e}); "
-                          "restore it or pass another run directory") from None
-
-
-def checkpoint_for(model: FFSD, with_optimizers: bool = True) -> tf.train.Checkpoint:
+def checkpoint_for(model: FFSD, with_optimizers: bool = True):
     """What a checkpoint holds: every network (weights and BN statistics) by name, the epoch and
     loss-weight state, and every optimizer (slots + iterations).
 
@@ -316,6 +453,8 @@ def checkpoint_for(model: FFSD, with_optimizers: bool = True) -> tf.train.Checkp
     dicts of sub-models (``common_students``, ``sd_decoders``), so checkpointing the trainer
     alone would silently drop the students' and decoders' BatchNorm statistics.
     """
+    import tensorflow as tf
+
     state = {"epoch": model.epoch, **{f"w_{k}": v for k, v in model.loss_weight_vars.items()}}
     parts = {"networks": dict(model.networks), "state": state}
     if with_optimizers and getattr(model, "optimizer", None) is not None:
@@ -330,6 +469,10 @@ def restore_model(path: str, warn=None) -> tuple[FFSD, dict, str]:
     line (``warn``, default stderr) per damaged newer one skipped. Returns ``(model,
     dataset_metadata, checkpoint_path)``. Optimizer state is not needed and not restored.
     """
+    import tensorflow as tf
+
+    from ffsd_tf.trainer import FFSD
+
     if os.path.isdir(path):
         run_dir = path
         config, dataset = load_config(run_dir)
@@ -348,7 +491,7 @@ def restore_model(path: str, warn=None) -> tuple[FFSD, dict, str]:
     model = FFSD(config)
     try:
         checkpoint_for(model, with_optimizers=False).restore(ckpt).expect_partial().assert_existing_objects_matched()
-    except _UNREADABLE as e:
+    except _unreadable() as e:
         problem = readable(ckpt) if isinstance(e, (AssertionError, ValueError)) else _first_line(e)
         if problem is not None:
             raise RunDirError(f"checkpoint {ckpt} is unreadable ({problem}); pass an older ckpt-N or the run directory")
@@ -361,7 +504,7 @@ def load_teacher(model: FFSD, run_dir: str, dataset: str) -> str:
     it had none) into ``model.teacher``; returns the checkpoint read.
 
     The teacher must have been trained on the same dataset, classes and input shape, and be the
-    backbone ``model.config.teacher`` names (``config_from_flags`` reads it from the same run).
+    backbone ``model.config.teacher`` names (``run.cohort_config`` reads it from the same run).
     """
     teacher_run, meta, ckpt = restore_model(run_dir)
     tc, mc = teacher_run.config, model.config
@@ -379,36 +522,35 @@ def load_teacher(model: FFSD, run_dir: str, dataset: str) -> str:
     return ckpt
 
 
-def load_run_data(run_dir: str, meta: dict, input_shape):
-    """The run's dataset as it was trained (same data, image size, subsets, synthetic parameters, seed).
+# Rebuilt data keeps load_dataset's default batching (what export, report --cosine and visualize
+# have always evaluated with); every other argument is the run's.
+_REBUILD = ("data_dir", "seed", "synthetic_classes", "synthetic_train", "synthetic_test", "image_size", "train_subset",
+            "test_subset", "validation_split")
 
-    ``meta`` is config.json's ``dataset`` section; the data arguments come from it and from
-    flags.txt. Used by export (calibration and agreement images), report --cosine and visualize.
-    A damaged value or data that no longer fits the network is one RunDirError line.
+
+def load_run_data(run_dir: str, config: RunConfig | None = None, meta: dict | None = None):
+    """The run's dataset as it was trained (same data, image size, subsets, synthetic parameters, seed),
+    from its config.json (``read_config``, unless ``config`` and ``meta`` are given).
+
+    Used by export (calibration and agreement images), report --cosine and visualize. Data that
+    cannot be loaded or no longer fits the network is one RunDirError line.
     """
     from ffsd_tf.data import DataError, load_dataset
 
-    flagfile = os.path.join(run_dir, FLAGS_FILE)
-    flags = read_flagfile(flagfile)
-    kwargs = {"data_dir": meta.get("data_dir") or flags.get("data_dir") or None}
-    for key, cast in (("seed", int), ("synthetic_classes", int), ("synthetic_train", int), ("synthetic_test", int),
-                      ("image_size", int), ("train_subset", int), ("test_subset", int), ("validation_split", float)):
-        if key in flags and flags[key] not in ("", "None"):
-            try:
-                kwargs[key] = cast(flags[key])
-            except ValueError:
-                kind = "an integer" if cast is int else "a number"
-                raise RunDirError(f"{flagfile} is damaged (--{key}={flags[key][:40]} is not {kind}); restore it") from None
-    kwargs.setdefault("synthetic_classes", int(meta["num_classes"]))
+    if config is None or meta is None:
+        config, meta = read_config(run_dir)
+    arguments = config.data.load_arguments(config.runtime.seed)
+    arguments["data_dir"] = meta.get("data_dir") or arguments["data_dir"]
+    kwargs = {k: arguments[k] for k in _REBUILD if arguments[k] is not None}
+    name, input_shape = config.data.dataset, tuple(config.cohort.input_shape)
     try:
-        bundle = load_dataset(meta["name"], **kwargs)
-        if tuple(bundle.image_shape) != tuple(input_shape) and "image_size" not in kwargs:
-            bundle = load_dataset(meta["name"], **{**kwargs, "image_size": int(input_shape[0])})
+        bundle = load_dataset(name, **kwargs)
+        if tuple(bundle.image_shape) != input_shape and "image_size" not in kwargs:
+            bundle = load_dataset(name, **{**kwargs, "image_size": int(input_shape[0])})
     except DataError as e:
         raise RunDirError(f"the data of {run_dir} cannot be loaded: {e}") from None
-    if tuple(bundle.image_shape) != tuple(input_shape):
+    if tuple(bundle.image_shape) != input_shape:
         raise RunDirError(
-            f"dataset {meta['name']} gives images {list(bundle.image_shape)}, the network of {run_dir} takes "
-            f"{list(input_shape)}"
+            f"dataset {name} gives images {list(bundle.image_shape)}, the network of {run_dir} takes {list(input_shape)}"
         )
     return bundle

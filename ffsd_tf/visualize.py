@@ -19,7 +19,7 @@ The attention grid itself (no text) is ``attention_image_grid(model, images)``, 
 Neither needs matplotlib; the PNG files do (``pip install matplotlib``).
 
 The run's latest checkpoint is restored (``rundir.restore_model``) and its data rebuilt from
-its ``flags.txt`` as ``export`` does. Bad input (a missing directory, a directory that is not a
+its ``config.json`` as ``export`` does. Bad input (a missing directory, a directory that is not a
 run, a run without checkpoint or history, a bad flag) exits with code 2 and one line
 ``error: ...`` on stderr, before anything is written.
 """
@@ -438,7 +438,7 @@ def visualize_run(run_dir: str, images: int = 8, output_dir: str | None = None, 
         if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
             raise VisualizeError(f"{history_path} is not a list of per-epoch entries; it was not written by ffsd_tf.run")
         model, meta, ckpt = rundir.restore_model(run_dir)
-        bundle = rundir.load_run_data(run_dir, meta, tuple(model.config.input_shape))
+        bundle = rundir.load_run_data(run_dir)
     except (rundir.RunDirError, DataError) as e:
         raise VisualizeError(" ".join(str(e).split())) from None
 

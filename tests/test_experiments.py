@@ -50,7 +50,7 @@ def tiny_teacher_run(teacher_run, size, tmp_path):
     FLAGS.unparse_flags()
     FLAGS(["prog", f"--flagfile={producers[0]}"] + tiny_args(size))
     bundle = tiny_bundle(size)
-    config = run.config_from_flags(bundle)
+    config = run.cohort_config(ffsd_flags.run_config(), bundle)
     out = str(tmp_path / "teacher")
     os.makedirs(out)
     run.write_run_files(out, config, bundle)
@@ -77,7 +77,7 @@ def test_flagfile_runs_one_step(flagfile, monkeypatch, tmp_path):
         FLAGS(["prog", f"--flagfile={flagfile}"] + tiny_args(size) + extra)
         keras.utils.set_random_seed(0)
         bundle = tiny_bundle(size)
-        model = run.build_model(run.config_from_flags(bundle), steps_per_epoch=2)
+        model = run.build_model(run.cohort_config(ffsd_flags.run_config(), bundle), steps_per_epoch=2)
         if FLAGS.teacher_run is not None:
             rundir.load_teacher(model, FLAGS.teacher_run, "synthetic")
         model.set_epoch(1)

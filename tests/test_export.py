@@ -21,6 +21,7 @@ from ffsd_tf import export
 from ffsd_tf.export import report as export_report
 from ffsd_tf.export import serving, tflite
 from ffsd_tf import rundir
+from ffsd_tf.config import cohort_to_dict
 from ffsd_tf.networks import build_network
 from ffsd_tf.trainer import FFSD, FFSDConfig
 
@@ -58,8 +59,8 @@ def as_run_dir(model: FFSD, path: str, config: FFSDConfig = CONFIG, meta_extra: 
     os.makedirs(path, exist_ok=True)
     meta = {"name": "synthetic", "data_dir": None, "num_classes": K, "image_shape": list(IMAGE_SHAPE),
             "mean": list(MEAN), "std": list(STD), "class_names": CLASS_NAMES, **(meta_extra or {})}
-    rundir.write_json_atomic(os.path.join(path, rundir.CONFIG),
-                             {"model": rundir.config_to_dict(config), "dataset": meta})
+    rundir.write_json_atomic(os.path.join(path, rundir.CONFIG),  # as runs before config.json held settings
+                             {"model": cohort_to_dict(config), "dataset": meta})
     rundir.checkpoint_for(model).save(os.path.join(path, rundir.CHECKPOINTS, "ckpt"))  # as the trainer does
     return path
 
@@ -489,7 +490,8 @@ def synthetic_run(model: FFSD, path: str) -> tuple[str, object]:
 
 
 def test_export_run_loads_the_runs_own_data(trained, tmp_path):
-    """Image size, synthetic sizes and seed come from the run's flags.txt; mean/std from config.json."""
+    """Image size, synthetic sizes and seed come from the flags.txt of a run written before config.json
+    held its settings; mean/std from config.json."""
     run, bundle = synthetic_run(trained.model, str(tmp_path / "run"))
     report = export.export_run(run, formats=("fp32",), max_eval=1000, latency_repeats=1)
     assert report["evaluation"]["images"] == 300  # the whole test split (fewer than max_eval)

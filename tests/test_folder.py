@@ -222,13 +222,17 @@ def test_cli_refuses_a_corrupt_image_with_one_line_naming_it(tmp_path):
 
 
 def test_export_reloads_a_split_folder_as_it_was_trained(tmp_path):
-    """``python -m export`` re-reads the data from the run's flags.txt, --validation_split included."""
+    """``python -m export`` re-reads the data from the run's config.json, --validation_split included."""
     from ffsd_tf import rundir
+    from ffsd_tf.config import RunConfig
+    from ffsd_tf.trainer import FFSDConfig
 
     make_folder(tmp_path / "data", {"all": 5})
     run = tmp_path / "run"
     run.mkdir()
-    (run / "flags.txt").write_text("--dataset=folder\n--image_size=16\n--validation_split=0.4\n--seed=3\n")
-    meta = {"name": "folder", "data_dir": str(tmp_path / "data" / "all"), "num_classes": 5}
-    bundle = rundir.load_run_data(str(run), meta, (16, 16, 3))
+    config = RunConfig(FFSDConfig(model="resnet8", num_classes=5, input_shape=(16, 16, 3))).replace(
+        dataset="folder", data_dir=str(tmp_path / "data" / "all"), image_size=16, validation_split=0.4, seed=3)
+    meta = {"name": "folder", "data_dir": config.data.data_dir, "num_classes": 5}
+    rundir.write_json_atomic(str(run / rundir.CONFIG), {**config.to_dict(), "dataset": meta})
+    bundle = rundir.load_run_data(str(run))
     assert bundle.class_names == CLASSES and (bundle.train_size, bundle.test_size) == (15, 10)

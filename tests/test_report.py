@@ -234,8 +234,8 @@ def hand_cosines(run_dir):
     """Table IV's cosine of one run, recomputed with NumPy from the restored students."""
     from ffsd_tf import rundir
 
-    model, meta, _ = rundir.restore_model(run_dir)
-    bundle = rundir.load_run_data(run_dir, meta, tuple(model.config.input_shape))
+    model, _, _ = rundir.restore_model(run_dir)
+    bundle = rundir.load_run_data(run_dir)
     x = bundle.normalize(bundle.x_test).numpy()
     outs = [s(x, training=False) for s in model.common_students]
     feats = [o["features"][-1].numpy().reshape(len(x), -1).astype(np.float64) for o in outs]

@@ -124,17 +124,31 @@ def test_case2_export_visualize_and_report_fall_back_from_a_damaged_latest_check
 
 # ------------------------------------------------------------------------------------ case 3
 def test_case3_damaged_run_files_are_one_error_line_naming_the_file(base_run, tmp_path):
-    """Random bytes / ``--seed=abc`` in flags.txt (export, report), wrong JSON shapes in
-    config.json and history.json: one-line errors naming the file, never a traceback."""
+    """A wrongly typed setting in config.json (export, report), random bytes / ``--seed=abc`` in the
+    flags.txt of a run whose config.json predates its settings, wrong JSON shapes in config.json and
+    history.json: one-line errors naming the file, never a traceback. A current run never reads
+    its flags.txt back (it is for replay): damage there changes nothing."""
     from ffsd_tf import export, report, rundir
 
     out = _copy(base_run, tmp_path, finished=True)
+    config_path = os.path.join(out, "config.json")
+    good_config = open(config_path).read()
     flags_path = os.path.join(out, "flags.txt")
     good_flags = open(flags_path, "rb").read()
     with open(flags_path, "wb") as f:
         f.write(bytes(range(256)) * 4)
-    with pytest.raises(rundir.RunDirError, match="flags.txt"):
+    assert report.load_run(out)["seed"] == 0  # from config.json
+    saved = json.loads(good_config)
+    saved["runtime"]["seed"] = "abc"
+    with open(config_path, "w") as f:
+        json.dump(saved, f)
+    with pytest.raises(rundir.RunDirError, match="config.json.*seed='abc' is not an integer"):
         export.export_run(out, export_dir=str(tmp_path / "e1"), formats=["savedmodel"], latency_repeats=1)
+    with pytest.raises(report.ReportError, match="config.json.*seed"):
+        report.build_report([out])
+    legacy = {"model": saved["model"], "dataset": saved["dataset"]}  # written before config.json held settings
+    with open(config_path, "w") as f:
+        json.dump(legacy, f)
     with pytest.raises(report.ReportError, match="flags.txt"):
         report.load_run(out)
     with open(flags_path, "wb") as f:
@@ -145,8 +159,6 @@ def test_case3_damaged_run_files_are_one_error_line_naming_the_file(base_run, tm
     with open(flags_path, "wb") as f:
         f.write(good_flags)
 
-    config_path = os.path.join(out, "config.json")
-    good_config = open(config_path).read()
     for shape in ([1, 2], {"model": {}, "dataset": []}, "text"):
         with open(config_path, "w") as f:
             json.dump(shape, f)
@@ -249,22 +261,31 @@ def test_case4_fewer_epochs_than_trained_is_refused(base_run, tmp_path):
 
 
 def test_case4_runs_without_a_flags_section_compare_their_flags_txt(base_run, tmp_path):
-    """Runs written before config.json had a "flags" section: the stored flags.txt is compared."""
+    """Runs written before config.json held the settings: those with a "flags" section (its
+    ``--name=value`` lines) compare it, older ones their flags.txt."""
     from ffsd_tf import rundir
+    from ffsd_tf.config import NEUTRAL, flag_text
 
     out = _copy(base_run, tmp_path)
     config_path = os.path.join(out, "config.json")
+    config, meta = rundir.read_config(out)
     saved = json.load(open(config_path))
-    flags = dict(saved.pop("flags"))
-    json.dump(saved, open(config_path, "w"))
-    config, meta = rundir.load_config(out)
-    rundir.check_compatible(out, config, "synthetic", partial_batch=meta["partial_batch"], flags=flags)
-    with pytest.raises(rundir.RunDirError, match=r"--seed=7 \(the run has --seed=0\).*flags.txt"):
-        rundir.check_compatible(out, config, "synthetic", flags={**flags, "seed": "--seed=7"})
-    warned = []
-    rundir.check_compatible(out, config, "synthetic", flags={**flags, "seed": "--seed=7"}, force=True,
-                            warn=warned.append)
-    assert warned and "--seed=7" in warned[0]
+    flags = {k: flag_text(k, v) for k, v in config.settings().items() if k not in NEUTRAL}  # as they were stored
+
+    def result_defining(c):
+        return c.cohort, {k: v for k, v in c.settings().items() if k not in NEUTRAL}
+
+    for legacy, source in (({"flags": flags}, "config.json"), ({}, "flags.txt")):
+        with open(config_path, "w") as f:
+            json.dump({"model": saved["model"], "dataset": saved["dataset"], **legacy}, f)
+        upgraded, upgraded_meta = rundir.read_config(out)
+        assert result_defining(upgraded) == result_defining(config) and upgraded_meta == meta
+        rundir.check_compatible(out, config)
+        with pytest.raises(rundir.RunDirError, match=rf"--seed=7 \(the run has --seed=0\).*{source}"):
+            rundir.check_compatible(out, config.replace(seed=7))
+        warned = []
+        rundir.check_compatible(out, config.replace(seed=7), force=True, warn=warned.append)
+        assert warned and "--seed=7" in warned[0]
 
 
 # ------------------------------------------------------------------------------------ case 5
@@ -405,15 +426,14 @@ def test_fuzzed_run_directory_files_give_results_or_one_line_errors(base_run, tm
         warn = []
         config = one_line(rundir.load_config, out)
         if config is not None:
-            flags = json.load(open(os.path.join(base_run, "config.json")))["flags"]
-            one_line(rundir.check_compatible, out, config[0], "synthetic", flags=flags)
+            one_line(rundir.check_compatible, out, rundir.read_config(base_run)[0])
         one_line(rundir.read_history, os.path.join(out, "history.json"))
         assert one_line(rundir.find_checkpoints, out, warn=warn.append) != []
         one_line(report.load_run, out)
         if name != "results.json":  # results.json is read by report only
             restored = one_line(rundir.restore_model, out, warn=warn.append)
             if restored is not None:
-                one_line(rundir.load_run_data, out, restored[1], tuple(restored[0].config.input_shape))
+                one_line(rundir.load_run_data, out)
                 if name in ("history.json", "flags.txt"):
                     one_line(visualize_run, out, images=1)
         assert all(w.startswith("warning: ") and "\n" not in w for w in warn)

@@ -450,12 +450,12 @@ def export_run(
     path = os.fspath(run_dir_or_checkpoint)
     check_run_path(path)
     run_dir = run_dir_of(path)
-    export_dir = export_dir or os.path.join(run_dir, "export")
+    export_dir = export_dir or os.path.join(run_dir, rundir.EXPORT)
     resolve_version(export_dir, version)  # an existing version fails before the restore
     model, meta, checkpoint = rundir.restore_model(path)
     leader = model.deployable_leader()
     input_shape = tuple(model.config.input_shape)
-    bundle = rundir.load_run_data(run_dir, meta, input_shape)
+    bundle = rundir.load_run_data(run_dir)
     rep_images, _ = _take(bundle.raw("train"), max_representative, seed=1)
     eval_images, eval_labels = _take(bundle.raw("test"), max_eval, seed=2)
     return export_leader(
