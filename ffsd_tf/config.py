@@ -166,7 +166,8 @@ def _coerce(name: str, hint, value):
     integer = isinstance(value, int) and not isinstance(value, bool)
     if value is None and optional:
         return None
-    if (kind is bool and isinstance(value, bool)) or (kind is int and integer) or (kind is str and isinstance(value, str)):
+    if (kind is bool and isinstance(value, bool)) or (kind is int and integer) or (
+            kind is str and isinstance(value, str)):
         return value
     if kind is float and (integer or isinstance(value, float)):
         return float(value)
@@ -179,6 +180,8 @@ def _coerce(name: str, hint, value):
 def parse_value(name: str, text: str):
     """Flag value ``text`` (a flagfile line, the old config.json "flags" section) as setting ``name``'s
     type; ConfigError ``--name=text is not an integer`` etc. otherwise."""
+    if _hint(name) is None:
+        raise ConfigError(f"--{name} is no setting of a run")
     kind, optional = _base(_hint(name))
     if optional and text in ("", "None"):
         return None
@@ -414,7 +417,8 @@ class RunConfig:
         s, c = self.settings(), self.cohort
         for name, value in {**s, "temperature": c.temperature}.items():
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"--{name} must be a finite number, got {value}; pass a number such as {default(name)}")
+                raise ConfigError(f"--{name} must be a finite number, got {value}; "
+                                  f"pass a number such as {default(name)}")
         self._validate_choices(c, available_networks())
         self._validate_numbers(s, c)
         ms = list(self.optimization.milestones)
@@ -454,13 +458,16 @@ class RunConfig:
     def _validate_numbers(self, s: dict, c) -> None:
         if c.num_students < 1:
             raise ConfigError(f"--num_students must be >= 1, got {c.num_students}")
-        for name in ("batch_size", "epochs", "eval_every", "keep_checkpoints", "synthetic_classes", "synthetic_train",
-                     "synthetic_test"):
+        for name in ("batch_size", "epochs", "eval_every", "keep_checkpoints", "synthetic_train", "synthetic_test"):
             if s[name] < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {s[name]}")
         for name in ("eval_batch_size", "steps_per_epoch", "train_subset", "test_subset"):
             if s[name] is not None and s[name] < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {s[name]}")
+        if s["synthetic_classes"] < 2:
+            raise ConfigError(f"--synthetic_classes must be >= 2, got {s['synthetic_classes']}")
+        if s["image_size"] is not None and s["image_size"] < 8:
+            raise ConfigError(f"--image_size must be >= 8, got {s['image_size']}")
         for name, value in (("lr", s["lr"]), ("decoder_lr", s["decoder_lr"]), ("temperature", c.temperature)):
             if value <= 0:
                 raise ConfigError(f"--{name} must be > 0, got {value}")

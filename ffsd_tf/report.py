@@ -101,8 +101,10 @@ class ReportError(ValueError):
 def _read_json(path: str):
     try:
         return rundir.read_json(path)
-    except (OSError, RunDirError) as e:
-        raise ReportError(" ".join(str(e).split()) if isinstance(e, RunDirError) else f"cannot read {path} ({e})") from None
+    except RunDirError as e:
+        raise ReportError(" ".join(str(e).split())) from None
+    except OSError as e:
+        raise ReportError(f"cannot read {path} ({e.strerror or e})") from None
 
 
 def load_run(path: str) -> dict:

@@ -551,6 +551,7 @@ def load_run_data(run_dir: str, config: RunConfig | None = None, meta: dict | No
         raise RunDirError(f"the data of {run_dir} cannot be loaded: {e}") from None
     if tuple(bundle.image_shape) != input_shape:
         raise RunDirError(
-            f"dataset {name} gives images {list(bundle.image_shape)}, the network of {run_dir} takes {list(input_shape)}"
+            f"dataset {name} gives images {list(bundle.image_shape)}, the network of {run_dir} takes "
+            f"{list(input_shape)}"
         )
     return bundle
