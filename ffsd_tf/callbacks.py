@@ -42,13 +42,6 @@ class StopOnNonFinite(keras.callbacks.Callback):
             )
 
 
-class LossWeightScheduler(keras.callbacks.Callback):
-    """Sets every scheduled loss weight (and the warm-up position) at the start of each epoch."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.set_epoch(epoch + 1)  # Keras counts from 0, the paper's schedules from 1
-
-
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves a checkpoint after every epoch and keeps ``history.json`` in step with it.
 
@@ -101,8 +94,8 @@ class PerModelTensorBoard(keras.callbacks.Callback):
     """Scalars named per model (``leader/acc``, ``student1/kl``...) for train and validation.
 
     Keras' own TensorBoard callback prefixes names (``epoch_leader/acc``) and splits
-    ``val_`` keys; this writes them as users search for them. Also logs every loss weight
-    (``weights/diversity``) and learning rate (``lr/students``).
+    ``val_`` keys; this writes them as users search for them, the loss weights in use among them
+    (``weights/diversity``, from the model's logs), and every learning rate (``lr/students``).
     """
 
     def __init__(self, log_dir: str):
@@ -122,8 +115,6 @@ class PerModelTensorBoard(keras.callbacks.Callback):
             for k, v in logs.items():
                 if not k.startswith("val_"):
                     tf.summary.scalar(k, float(v), step=step)
-            for k, var in self.model.loss_weight_vars.items():
-                tf.summary.scalar(f"weights/{k}", float(var.numpy()), step=step)
             for role, opt in self.model.optimizers.items():
                 lr = opt.learning_rate
                 tf.summary.scalar(f"lr/{role}", float(lr.numpy() if hasattr(lr, "numpy") else lr), step=step)
@@ -151,7 +142,7 @@ class CompactProgress(keras.callbacks.Callback):
     SHOWN = ("loss", "/acc")
     MODES = ("auto", "bar", "line", "quiet")
 
-    def __init__(self, epochs: int, steps: int, mode: str = "auto", stream=None):
+    def __init__(self, epochs: int | None = None, steps: int | None = None, mode: str = "auto", stream=None):
         super().__init__()
         if mode not in self.MODES:
             raise ValueError(f"progress mode must be one of {', '.join(self.MODES)}, got {mode!r}")
@@ -169,6 +160,11 @@ class CompactProgress(keras.callbacks.Callback):
         keys = [k for k in logs if k == "loss" or k.endswith("/acc")]
         return " ".join(f"{k}={float(logs[k]):.4f}" for k in keys)
 
+    def on_train_begin(self, logs=None):
+        # Unset counts (the Python API's fit) come from fit's own parameters; steps may stay unknown.
+        self.epochs = self.epochs or self.params.get("epochs")
+        self.steps = self.steps or self.params.get("steps")
+
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._start = time.time()
@@ -178,7 +174,7 @@ class CompactProgress(keras.callbacks.Callback):
             return
         done = batch + 1
         width = 20
-        filled = int(width * done / self.steps)
+        filled = int(width * done / self.steps) if self.steps else min(width, done % (width + 1))
         bar = "=" * filled + "." * (width - filled)
         rate = done / max(time.time() - self._start, 1e-9)
         self.stream.write(
