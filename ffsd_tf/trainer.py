@@ -40,7 +40,7 @@ non-trainable variables that ``set_epoch`` updates. ``FFSD.fit`` calls it at the
 epoch itself (Keras' ``on_epoch_begin`` hook), so a plain ``fit(ds, epochs=N)`` trains with the
 schedules and logs each weight (``weights/<name>``) in its history. Two named sets:
 ``RECIPE_LOSS_WEIGHTS`` (the Python API's default: every KL term warmed up too) and
-``PAPER_LOSS_WEIGHTS`` (the authors' code; the CLI's flag defaults).
+``PAPER_LOSS_WEIGHTS`` (the authors' code; the CLI's flag defaults), both in ``ffsd_tf.recipes``.
 
 Python API (README "Use it from Python")::
 
@@ -64,6 +64,13 @@ from ffsd_tf.fusion import build_fusion_module, build_trans_fusion
 from ffsd_tf.keras_adapter import KerasPrivateOverrides
 from ffsd_tf.networks import build_network, custom
 from ffsd_tf.networks.layers import synchronized_batchnorm
+from ffsd_tf.recipes import (  # noqa: F401  (re-exported: the trainer's public names)
+    LOSS_WEIGHTS,
+    NAMED_LOSS_WEIGHTS,
+    PAPER_LOSS_WEIGHTS,
+    RECIPE_LOSS_WEIGHTS,
+    active_loss_weights,
+)
 from ffsd_tf.schedules import parse_weight_schedule
 from ffsd_tf.self_distillation import build_sd_decoder
 
@@ -71,29 +78,7 @@ DIVERSITY_MODES = ("attention", "l2", "none")
 SD_MODES = ("both", "students", "leader", "none")
 TEACHER_LOSSES = ("kd", "at", "kd_at")
 ROLES = ("students", "leader", "fusion", "decoders")
-# The authors' loss weights: (value, schedule of the 1-based epoch). Every one is a flag.
-PAPER_LOSS_WEIGHTS = {
-    "kl": (1.0, "constant"),  # T^2 KL between common students (Eq. 2)
-    "fusion_kl": (1.0, "constant"),  # T^2 KL of the fusion classifier to the students' mean (Eq. 4)
-    "leader_kl": (1.0, "constant"),  # T^2 KL of the leader to the fusion classifier (Eq. 14)
-    "diversity": (1e-5, "exp_warmup:5"),  # lambda_div: Eqs. 9 and 11
-    "fusion": (10.0, "exp_warmup:5"),  # lambda_fea: Eq. 5 and, as coded, Eq. 13
-    "self_distillation": (1000.0, "exp_warmup:5"),  # lambda_sd: the decoders' own loss, Eq. 10
-    # Offline baselines of Table II (used only with a teacher): Hinton's T^2 KL, and attention
-    # transfer with Zagoruyko & Komodakis' beta/2 = 1000/2 on the mean-squared A-loss.
-    "teacher_kd": (1.0, "constant"),
-    "teacher_at": (500.0, "constant"),
-}
-LOSS_WEIGHTS = tuple(PAPER_LOSS_WEIGHTS)
-# The recipe for users' own training (issue 14; experiments/recipes/robust.flags states the same,
-# tests/test_recipe.py holds them equal): the paper's values, every distillation term warmed up
-# over the first 5 epochs, so the mutual KL between freshly initialised networks cannot blow up in
-# the first steps (RESULTS.md, follow-up 3).
-RECIPE_LOSS_WEIGHTS = {
-    key: (value, "exp_warmup:5" if key in ("kl", "fusion_kl", "leader_kl") else spec)
-    for key, (value, spec) in PAPER_LOSS_WEIGHTS.items()
-}
-NAMED_LOSS_WEIGHTS = {"recipe": RECIPE_LOSS_WEIGHTS, "paper": PAPER_LOSS_WEIGHTS}
+# The loss weights (PAPER_LOSS_WEIGHTS, RECIPE_LOSS_WEIGHTS...) live in ffsd_tf.recipes.
 
 
 def loss_weight_schedules(values: Mapping[str, float] | None = None, schedules: Mapping[str, str] | None = None,
@@ -326,18 +311,7 @@ class FFSD(KerasPrivateOverrides, keras.Model):
     @property
     def active_loss_weights(self) -> list[str]:
         """The loss weights some term of this cohort uses (logged per epoch as ``weights/<name>``)."""
-        c = self.config
-        used = {
-            "kl": c.mutual_learning and c.num_students > 1,
-            "fusion_kl": c.fusion,
-            "leader_kl": c.leader,
-            "diversity": c.num_students > 1 and c.diversity != "none",
-            "fusion": c.fusion,
-            "self_distillation": bool(self.sd_decoders),
-            "teacher_kd": "kd" in self._teacher_terms,
-            "teacher_at": "at" in self._teacher_terms,
-        }
-        return [k for k in LOSS_WEIGHTS if used[k]]
+        return active_loss_weights(dataclasses.asdict(self.config))
 
     @property
     def active_roles(self) -> list[str]:
