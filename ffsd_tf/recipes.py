@@ -59,14 +59,14 @@ def active_loss_weights(config: Mapping) -> list[str]:
     return [k for k in LOSS_WEIGHTS if used[k]]
 
 
-def named_set(weights: Mapping[str, tuple], active) -> str | None:
-    """"recipe" or "paper" when ``weights`` (name -> (value, spec)) equal that set on every ``active``
-    weight (recipe first where they agree), else None. Specs compare without spaces."""
+def named_set(weights: Mapping[str, tuple], active, among=("recipe", "paper")) -> str | None:
+    """The first set of ``among`` that ``weights`` (name -> (value, spec)) equal on every ``active``
+    weight, else None. Specs compare without spaces."""
 
     def same(a, b):
         return float(a[0]) == float(b[0]) and str(a[1]).replace(" ", "") == str(b[1]).replace(" ", "")
 
-    for name in ("recipe", "paper"):
+    for name in among:
         if all(k in weights and same(weights[k], NAMED_LOSS_WEIGHTS[name][k]) for k in active):
             return name
     return None
