@@ -50,7 +50,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     rewritten atomically *before* the checkpoint: a resumed run keeps only the entries up to the
     epoch it restores, so a kill between the two writes drops an entry that will be redone
     instead of losing one for good. Only the chief keeps the history. Each entry carries the
-    epoch's wall time (``seconds``, training and evaluation), so a resumed run's cost adds up.
+    epoch's wall time (``seconds``, training and evaluation) and this process' CPU time over it
+    (``cpu_seconds``, all threads), so a resumed run's cost adds up.
     """
 
     def __init__(self, run_dir: str, checkpoint: tf.train.Checkpoint, keep: int, history: list, chief: bool = True):
@@ -65,13 +66,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
                                      "(the run rescans ckpt-N files)")
         self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
         self._epoch_start = time.perf_counter()
+        self._epoch_cpu = time.process_time()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
+        self._epoch_cpu = time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         entry["seconds"] = time.perf_counter() - self._epoch_start  # training + this epoch's evaluation
+        entry["cpu_seconds"] = time.process_time() - self._epoch_cpu  # every thread of this process: a shared
+        # machine stretches the wall time, hardly the CPU time (compute budgets compare these)
         try:
             if self.chief:
                 self.history.append(entry)

@@ -340,21 +340,24 @@ def make_group(runs: list[dict], baseline: bool) -> dict:
 
 
 def run_costs(runs: list[dict]) -> dict:
-    """``train_seconds`` (results.json: every epoch's wall time) and ``train_acc`` (the last
+    """``train_seconds`` and ``train_cpu_seconds`` (results.json: every epoch's wall and CPU time;
+    the CPU time is the fair cost on a shared machine) and ``train_acc`` (the last
     history entry's running training accuracy of the leader, else of student 1) over the runs
     that have them: is it an overfitting regime, and what did it cost."""
-    seconds, train = [], []
+    seconds, cpu, train = [], [], []
     for r in runs:
-        t = r["results"].get("train_seconds")
-        if isinstance(t, (int, float)) and math.isfinite(t) and t > 0:
-            seconds.append(float(t))
+        for key, into in (("train_seconds", seconds), ("train_cpu_seconds", cpu)):
+            t = r["results"].get(key)
+            if isinstance(t, (int, float)) and math.isfinite(t) and t > 0:
+                into.append(float(t))
         history = _read_json_or_none(os.path.join(r["dir"], "history.json"))
         if isinstance(history, list) and history and isinstance(history[-1], dict):
             key = "leader/acc" if "leader" in r["results"]["accuracy"] else "student1/acc"
             value = history[-1].get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 train.append(float(value))
-    return {"train_seconds": stats(seconds) if seconds else None, "train_acc": stats(train) if train else None}
+    return {"train_seconds": stats(seconds) if seconds else None, "train_cpu_seconds": stats(cpu) if cpu else None,
+            "train_acc": stats(train) if train else None}
 
 
 def _read_json_or_none(path: str):
@@ -568,6 +571,12 @@ def _gain_pct(g: dict | None, which: str) -> str:
     return f"{100 * s['mean']:+.2f} ± {std}"
 
 
+def _minutes(s: dict | None) -> dict | None:
+    if not s:
+        return None
+    return {**s, "mean": s["mean"] / 60, "std": None if s["std"] is None else s["std"] / 60}
+
+
 def _row(cells) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
@@ -615,23 +624,22 @@ def to_markdown(report: dict) -> str:
         "## Summary: the model you deploy against training alone",
         "",
         "Headline: the leader (without one: the students' mean). Train acc: its running accuracy over the last "
-        "epoch's augmented batches (train - test >= 5 points: an overfitting regime). Wall: every epoch's wall time "
-        "of one run. Gains on final-epoch accuracy, points: over CE (the --baseline runs of the same setting) and "
+        "epoch's augmented batches (train - test >= 5 points: an overfitting regime). Wall and CPU: every epoch's "
+        "wall and CPU time (all threads) of one run; on a shared machine the CPU time is the fair cost. Gains on final-epoch accuracy, points: over CE (the --baseline runs of the same setting) and "
         "over DML's students' mean (a DML group of the same setting).",
         "",
         _row(["", "method", "model", "dataset", "epochs", "headline", "final (%)", "best (%)", "train acc (%)",
-              "wall (min)", "gain vs CE", "gain vs DML"]),
-        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+              "wall (min)", "CPU (min)", "gain vs CE", "gain vs DML"]),
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g in groups:
         head = "students_mean" if g["baseline"] else headline_model(g)
         acc = g["baseline_accuracy"] if g["baseline"] else g["accuracy"][head]
-        wall = g.get("train_seconds")
-        wall_min = {**wall, "mean": wall["mean"] / 60, "std": None if wall["std"] is None else wall["std"] / 60} if wall else None
+        wall_min, cpu_min = (_minutes(g.get(k)) for k in ("train_seconds", "train_cpu_seconds"))
         lines.append(_row([
             g["id"], g["method"], g["model"].get("model"), g["dataset"], g["epochs"],
             "students' mean" if g["baseline"] else model_label(head), _pct(acc["final"]), _pct(acc["best"]),
-            _pct(g.get("train_acc"), 1), _num(wall_min, 1), _gain_pct(g["gain"], "final"),
+            _pct(g.get("train_acc"), 1), _num(wall_min, 1), _num(cpu_min, 1), _gain_pct(g["gain"], "final"),
             _gain_pct(g.get("gain_dml"), "final"),
         ]))
     if any("cosine" in g for g in groups):
@@ -667,7 +675,7 @@ CSV_COLUMNS = ["group", "baseline", "method", "model", "dataset", "num_students"
 def to_csv(report: dict) -> str:
     """Long format: one line per (group, quantity, model); quantity is best_acc, final_acc,
     baseline_best_acc, baseline_final_acc, gain_best, gain_final, gain_dml_best, gain_dml_final,
-    train_acc, train_seconds or one of the cosines."""
+    train_acc, train_seconds, train_cpu_seconds or one of the cosines."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -691,7 +699,7 @@ def to_csv(report: dict) -> str:
         if g.get("gain_dml") is not None:
             for which in ("best", "final"):
                 emit(f"gain_dml_{which}", g["gain_dml"]["model"], g["gain_dml"][which])
-        for quantity in ("train_acc", "train_seconds"):
+        for quantity in ("train_acc", "train_seconds", "train_cpu_seconds"):
             if g.get(quantity):
                 emit(quantity, "leader" if "leader" in g["accuracy"] else "student1", g[quantity])
         for k in COSINES:

@@ -231,6 +231,7 @@ def train() -> dict:
         "epochs": epochs,
         "accuracy": summarize(history, config.num_students),
         "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),  # every epoch's wall time
+        "train_cpu_seconds": round(sum(h.get("cpu_seconds", 0.0) for h in history), 1),  # and CPU time
     }
     rundir.write_json_atomic(os.path.join(out, "results.json"), results)
     table = results_table(results["accuracy"])

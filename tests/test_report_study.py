@@ -76,6 +76,9 @@ def test_wall_time_and_train_accuracy_come_from_the_runs(study):
         history = load(dirs[run], "history.json")
         assert seconds == pytest.approx(sum(h["seconds"] for h in history), abs=0.06) and seconds > 0
         assert g["train_seconds"]["values"] == [seconds]
+        cpu = load(dirs[run], "results.json")["train_cpu_seconds"]
+        assert cpu == pytest.approx(sum(h["cpu_seconds"] for h in history), abs=0.06) and cpu > 0
+        assert g["train_cpu_seconds"]["values"] == [cpu]
         assert g["train_acc"]["values"] == [history[-1][f"{model}/acc"]]
 
 
