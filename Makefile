@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: venv install parity-deps fashion-mnist quickstart test bench parity clean
+.PHONY: venv install parity-deps fashion-mnist quickstart test example bench parity clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ quickstart: venv fashion-mnist
 test: venv
 	$(PY) -m pytest -q
 
+# The README's "Use it from Python" section, against the installed package (CI runs it).
+example: install fashion-mnist
+	$(PY) examples/python_api.py
+
 bench: venv
 	$(PY) benchmarks/bench.py
 
@@ -51,4 +55,4 @@ parity: parity-deps
 	$(PY) benchmarks/parity/parity.py --mode=ffsd --model=resnet8 --steps=200 --resync --batch=8
 
 clean:
-	rm -rf runs/quickstart
+	rm -rf runs/quickstart runs/python_api

@@ -8,9 +8,9 @@ Each run is ``python -m ffsd_tf.run --flagfile=experiments/budget_study/settings
 so the script can be stopped and restarted. Runs go one after another: two at once on 2 cores
 distort every wall time.
 
-``ce_equal`` is the equal-compute row: CE trained for as many epochs as cost the wall time of seed
-0's FFSD-recipe run (``train_seconds`` in results.json; milestones scaled with the epochs). It runs
-after that seed-0 pair exists. ``quickstart`` is a setting too (experiments/quickstart.flags).
+``ce_equal`` is the equal-compute row: CE trained for as many epochs as cost the CPU time of an
+FFSD-recipe run (``train_cpu_seconds`` in results.json, of the first seed with both runs measured;
+milestones scaled with the epochs). It runs once that pair exists. ``quickstart`` is a setting too (experiments/quickstart.flags).
 
 Then: ``python -m ffsd_tf.report '<runs>/<setting>_*' --baseline='<runs>/<setting>_ce_s*'``.
 """
@@ -56,14 +56,19 @@ def results(run_dir: str) -> dict | None:
         return json.load(f)
 
 
-def equal_compute_flags(setting: str, runs: str) -> list[str] | None:
-    """CE's epochs (and scaled milestones) for the wall time of seed 0's FFSD-recipe run."""
-    ce, ffsd = results(f"{runs}/{setting}_ce_s0"), results(f"{runs}/{setting}_ffsd_recipe_s0")
-    if not ce or not ffsd or not ce.get("train_seconds") or not ffsd.get("train_seconds"):
+def equal_compute_flags(setting: str, runs: str, seeds=(0, 1, 2)) -> list[str] | None:
+    """CE's epochs (and scaled milestones) for the compute of an FFSD-recipe run: the CPU-time ratio
+    (``train_cpu_seconds``; wall time stretches when the machine is shared) of the first seed with
+    both runs measured, the same for every seed."""
+    for seed in seeds:
+        ce, ffsd = results(f"{runs}/{setting}_ce_s{seed}"), results(f"{runs}/{setting}_ffsd_recipe_s{seed}")
+        if ce and ffsd and ce.get("train_cpu_seconds") and ffsd.get("train_cpu_seconds"):
+            break
+    else:
         return None
     epochs = int(flag_value(setting_file(setting), "epochs"))
     milestones = [int(m) for m in flag_value(setting_file(setting), "milestones").split(",")]
-    factor = ffsd["train_seconds"] / ce["train_seconds"]
+    factor = ffsd["train_cpu_seconds"] / ce["train_cpu_seconds"]
     new_epochs = max(epochs, round(epochs * factor))
     scaled = sorted({max(1, round(m * new_epochs / epochs)) for m in milestones})
     return [f"--epochs={new_epochs}", f"--milestones={','.join(map(str, scaled))}"]
@@ -94,19 +99,21 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
     for setting in args.settings.split(","):
-        for seed in seeds:
-            for method in methods:
-                out = f"{args.runs}/{setting}_{method}_s{seed}"
-                if results(out) is not None:
-                    continue
-                cmd = command(setting, method, seed, args.runs)
-                if cmd is None:
-                    print(f"skip {out}: needs {setting}_ce_s0 and {setting}_ffsd_recipe_s0 first", flush=True)
-                    continue
-                print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
-                start = time.time()
-                rc = subprocess.call(cmd, cwd=ROOT)
-                print(f"[{time.strftime('%H:%M:%S')}] rc={rc} in {(time.time() - start) / 60:.1f} min", flush=True)
+        # ce_equal waits for a measured pair: a second pass runs the ones the first had to skip.
+        passes = [(seed, method) for seed in seeds for method in methods]
+        passes += [(seed, "ce_equal") for seed in seeds if "ce_equal" in methods]
+        for seed, method in passes:
+            out = f"{args.runs}/{setting}_{method}_s{seed}"
+            if results(out) is not None:
+                continue
+            cmd = command(setting, method, seed, args.runs)
+            if cmd is None:
+                print(f"skip {out}: needs a {setting}_ce and _ffsd_recipe pair with CPU times first", flush=True)
+                continue
+            print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", flush=True)
+            start = time.time()
+            rc = subprocess.call(cmd, cwd=ROOT)
+            print(f"[{time.strftime('%H:%M:%S')}] rc={rc} in {(time.time() - start) / 60:.1f} min", flush=True)
     return 0
 
 

@@ -42,13 +42,6 @@ class StopOnNonFinite(keras.callbacks.Callback):
             )
 
 
-class LossWeightScheduler(keras.callbacks.Callback):
-    """Sets every scheduled loss weight (and the warm-up position) at the start of each epoch."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.set_epoch(epoch + 1)  # Keras counts from 0, the paper's schedules from 1
-
-
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves a checkpoint after every epoch and keeps ``history.json`` in step with it.
 
@@ -57,7 +50,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     rewritten atomically *before* the checkpoint: a resumed run keeps only the entries up to the
     epoch it restores, so a kill between the two writes drops an entry that will be redone
     instead of losing one for good. Only the chief keeps the history. Each entry carries the
-    epoch's wall time (``seconds``, training and evaluation), so a resumed run's cost adds up.
+    epoch's wall time (``seconds``, training and evaluation) and this process' CPU time over it
+    (``cpu_seconds``, all threads), so a resumed run's cost adds up.
     """
 
     def __init__(self, run_dir: str, checkpoint: tf.train.Checkpoint, keep: int, history: list, chief: bool = True):
@@ -72,13 +66,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
                                      "(the run rescans ckpt-N files)")
         self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
         self._epoch_start = time.perf_counter()
+        self._epoch_cpu = time.process_time()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
+        self._epoch_cpu = time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         entry["seconds"] = time.perf_counter() - self._epoch_start  # training + this epoch's evaluation
+        entry["cpu_seconds"] = time.process_time() - self._epoch_cpu  # every thread of this process: a shared
+        # machine stretches the wall time, hardly the CPU time (compute budgets compare these)
         try:
             if self.chief:
                 self.history.append(entry)
@@ -101,8 +99,8 @@ class PerModelTensorBoard(keras.callbacks.Callback):
     """Scalars named per model (``leader/acc``, ``student1/kl``...) for train and validation.
 
     Keras' own TensorBoard callback prefixes names (``epoch_leader/acc``) and splits
-    ``val_`` keys; this writes them as users search for them. Also logs every loss weight
-    (``weights/diversity``) and learning rate (``lr/students``).
+    ``val_`` keys; this writes them as users search for them, the loss weights in use among them
+    (``weights/diversity``, from the model's logs), and every learning rate (``lr/students``).
     """
 
     def __init__(self, log_dir: str):
@@ -122,8 +120,6 @@ class PerModelTensorBoard(keras.callbacks.Callback):
             for k, v in logs.items():
                 if not k.startswith("val_"):
                     tf.summary.scalar(k, float(v), step=step)
-            for k, var in self.model.loss_weight_vars.items():
-                tf.summary.scalar(f"weights/{k}", float(var.numpy()), step=step)
             for role, opt in self.model.optimizers.items():
                 lr = opt.learning_rate
                 tf.summary.scalar(f"lr/{role}", float(lr.numpy() if hasattr(lr, "numpy") else lr), step=step)
@@ -151,7 +147,7 @@ class CompactProgress(keras.callbacks.Callback):
     SHOWN = ("loss", "/acc")
     MODES = ("auto", "bar", "line", "quiet")
 
-    def __init__(self, epochs: int, steps: int, mode: str = "auto", stream=None):
+    def __init__(self, epochs: int | None = None, steps: int | None = None, mode: str = "auto", stream=None):
         super().__init__()
         if mode not in self.MODES:
             raise ValueError(f"progress mode must be one of {', '.join(self.MODES)}, got {mode!r}")
@@ -169,6 +165,11 @@ class CompactProgress(keras.callbacks.Callback):
         keys = [k for k in logs if k == "loss" or k.endswith("/acc")]
         return " ".join(f"{k}={float(logs[k]):.4f}" for k in keys)
 
+    def on_train_begin(self, logs=None):
+        # Unset counts (the Python API's fit) come from fit's own parameters; steps may stay unknown.
+        self.epochs = self.epochs or self.params.get("epochs")
+        self.steps = self.steps or self.params.get("steps")
+
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._start = time.time()
@@ -178,7 +179,7 @@ class CompactProgress(keras.callbacks.Callback):
             return
         done = batch + 1
         width = 20
-        filled = int(width * done / self.steps)
+        filled = int(width * done / self.steps) if self.steps else min(width, done % (width + 1))
         bar = "=" * filled + "." * (width - filled)
         rate = done / max(time.time() - self._start, 1e-9)
         self.stream.write(

@@ -19,7 +19,7 @@ this layout into it. Every reader of a run (resume, export, visualize, report) g
 ``ffsd_tf.rundir``, which reads the file with these functions.
 
 No TensorFlow at import (``report`` reads runs through this module): ``FFSDConfig`` and the
-loss weights' defaults come from ``ffsd_tf.trainer`` only when a typed config is built.
+``LossWeights.functions`` come from ``ffsd_tf.trainer`` only when a typed config is built.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class OptimizationConfig:
 
 
 def _paper_weights(i: int) -> dict:
-    from ffsd_tf.trainer import PAPER_LOSS_WEIGHTS
+    from ffsd_tf.recipes import PAPER_LOSS_WEIGHTS
 
     return {k: v[i] for k, v in PAPER_LOSS_WEIGHTS.items()}
 

@@ -37,7 +37,7 @@ import math
 import keras
 from keras import ops
 
-__all__ = ["TorchSGD", "TorchAdam"]
+__all__ = ["TorchSGD", "TorchAdam", "paper_optimizers"]
 
 
 def _const(x, dtype):
@@ -197,3 +197,39 @@ class TorchAdam(_TorchOptimizer):
         config.update(beta_1=self.beta_1, beta_2=self.beta_2,
                       epsilon=self.epsilon)
         return config
+
+
+def paper_optimizers(roles, *, lr=0.1, decoder_lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                     fusion_weight_decay=1e-5, decoder_weight_decay=1e-4, milestones=(), gamma=0.1,
+                     steps_per_epoch=None, warmup_epochs=0) -> dict:
+    """The authors' optimizer for each of ``roles`` (FFSD's "students", "leader", "fusion", "decoders").
+
+    SGD(lr, momentum 0.9, nesterov, coupled L2 1e-4) for the common students and the leader (with
+    sigma), the same with L2 1e-5 for the fusion module, Adam(1e-3, L2 1e-4) for the decoders. With
+    ``steps_per_epoch`` every learning rate follows ``schedules.MultiStepLR`` (``milestones``,
+    ``gamma``, ``warmup_epochs``; the CLI's ``--lr``, ``--milestones``...); without it the rates are
+    constant and ``milestones`` must be empty.
+    """
+    from ffsd_tf.schedules import MultiStepLR
+
+    if steps_per_epoch is None and (list(milestones) or warmup_epochs):
+        raise ValueError("milestones and warmup_epochs need steps_per_epoch (the optimizer counts steps)")
+
+    def rate(base):
+        if steps_per_epoch is None:
+            return float(base)
+        return MultiStepLR(base, list(milestones), gamma, steps_per_epoch=steps_per_epoch, warmup_epochs=warmup_epochs)
+
+    def sgd(wd, name):
+        return TorchSGD(rate(lr), momentum=momentum, nesterov=nesterov, weight_decay=wd, name=name)
+
+    made = {
+        "students": lambda: sgd(weight_decay, "students_sgd"),
+        "leader": lambda: sgd(weight_decay, "leader_sgd"),
+        "fusion": lambda: sgd(fusion_weight_decay, "fusion_sgd"),
+        "decoders": lambda: TorchAdam(rate(decoder_lr), weight_decay=decoder_weight_decay, name="decoders_adam"),
+    }
+    unknown = [r for r in roles if r not in made]
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}; FFSD's roles are {list(made)}")
+    return {r: made[r]() for r in roles}

@@ -150,6 +150,19 @@ def load_run(path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------- grouping
+def method_with_weights(run: dict) -> str:
+    """``method_label`` plus the loss-weight set when it is not the paper's: " (recipe)" (the
+    recipe's weights on every term the method uses) or " (custom loss weights)"."""
+    from ffsd_tf.recipes import named_set
+
+    weights = run_loss_weights(run)
+    label = method_label(run["model"])
+    name = named_set(weights, list(weights))  # the recipe first: "paper" only where they differ
+    if name == "recipe" and named_set(weights, list(weights), among=("paper",)) is None:
+        return f"{label} (recipe)"
+    return label if name is not None or not weights else f"{label} (custom loss weights)"
+
+
 def method_label(model: dict) -> str:
     """A short name of the training method of a cohort config (the paper's column names)."""
     leader, fusion = model.get("leader", True), model.get("fusion", True)
@@ -179,9 +192,27 @@ def method_label(model: dict) -> str:
     return label
 
 
+def run_loss_weights(run: dict) -> dict:
+    """The loss weights a run's terms use: name -> (value, schedule spec), from its flags."""
+    from ffsd_tf.recipes import PAPER_LOSS_WEIGHTS, active_loss_weights
+
+    out = {}
+    for k in active_loss_weights(run["model"]):
+        value, spec = PAPER_LOSS_WEIGHTS[k]  # flag defaults where the flags do not say
+        try:
+            value = float(run["flags"].get(f"lambda_{k}", value))
+        except ValueError:
+            pass
+        out[k] = (value, str(run["flags"].get(f"lambda_{k}_schedule", spec)))
+    return out
+
+
 def group_key(run: dict) -> str:
+    """Runs of one configuration: the cohort, dataset, epochs and the loss weights its terms use."""
+    weights = {k: list(v) for k, v in run_loss_weights(run).items()}
     return json.dumps(
-        {"model": run["model"], "dataset": run["dataset"].get("name"), "epochs": run["results"].get("epochs")},
+        {"model": run["model"], "dataset": run["dataset"].get("name"), "epochs": run["results"].get("epochs"),
+         "weights": weights},
         sort_keys=True,
     )
 
@@ -245,7 +276,7 @@ def make_group(runs: list[dict], baseline: bool) -> dict:
         accuracy[name]["best_epoch"] = [r["results"]["accuracy"][name].get("best_epoch") for r in have]
     group = {
         "baseline": baseline,
-        "method": method_label(first["model"]),
+        "method": method_with_weights(first),
         "model": first["model"],
         "dataset": first["dataset"].get("name"),
         "epochs": first["results"].get("epochs"),
@@ -256,8 +287,38 @@ def make_group(runs: list[dict], baseline: bool) -> dict:
         "differing_flags": differing,
         "accuracy": accuracy,
         "baseline_accuracy": {which: stats([baseline_value(r, which) for r in runs]) for which in ("best", "final")},
+        **run_costs(runs),
     }
     return group
+
+
+def run_costs(runs: list[dict]) -> dict:
+    """``train_seconds`` and ``train_cpu_seconds`` (results.json: every epoch's wall and CPU time;
+    the CPU time is the fair cost on a shared machine) and ``train_acc`` (the last
+    history entry's running training accuracy of the leader, else of student 1) over the runs
+    that have them: is it an overfitting regime, and what did it cost."""
+    seconds, cpu, train = [], [], []
+    for r in runs:
+        for key, into in (("train_seconds", seconds), ("train_cpu_seconds", cpu)):
+            t = r["results"].get(key)
+            if isinstance(t, (int, float)) and math.isfinite(t) and t > 0:
+                into.append(float(t))
+        history = _read_json_or_none(os.path.join(r["dir"], rundir.HISTORY))
+        if isinstance(history, list) and history and isinstance(history[-1], dict):
+            key = "leader/acc" if "leader" in r["results"]["accuracy"] else "student1/acc"
+            value = history[-1].get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                train.append(float(value))
+    return {"train_seconds": stats(seconds) if seconds else None, "train_cpu_seconds": stats(cpu) if cpu else None,
+            "train_acc": stats(train) if train else None}
+
+
+def _read_json_or_none(path: str):
+    """A run's optional file: None when it is missing or damaged (the accuracy tables do not need it)."""
+    try:
+        return rundir.read_json(path)
+    except (OSError, RunDirError):
+        return None
 
 
 def group_runs(runs: list[dict], baseline: bool) -> list[dict]:
@@ -343,6 +404,18 @@ def build_report(run_dirs, baseline_dirs=(), cosine: bool = False, cosine_fn=Non
             g["gain"] = gain(g, found[0])
         elif baseline_runs:
             g["notes"].append("no baseline with the same model, dataset and epochs")
+    # Online distillation without a leader (DML) of the same setting: the leader's gain over its students' mean.
+    dml: dict[str, list[dict]] = {}
+    for g in groups:
+        if not g["baseline"] and g["method"].startswith("DML") and "leader" not in g["accuracy"]:
+            dml.setdefault(baseline_key(g), []).append(g)
+    for g in groups:
+        g["gain_dml"] = None
+        found = dml.get(baseline_key(g), [])
+        if "leader" in g["accuracy"] and len(found) == 1:
+            g["gain_dml"] = gain(g, found[0])
+        elif "leader" in g["accuracy"] and len(found) > 1:
+            g["notes"].append(f"{len(found)} DML configurations of this setting: no gain over DML")
 
     if cosine:
         cosine_fn = cosine_fn or run_cosines
@@ -449,6 +522,12 @@ def _gain_pct(g: dict | None, which: str) -> str:
     return f"{100 * s['mean']:+.2f} ± {std}"
 
 
+def _minutes(s: dict | None) -> dict | None:
+    if not s:
+        return None
+    return {**s, "mean": s["mean"] / 60, "std": None if s["std"] is None else s["std"] / 60}
+
+
 def _row(cells) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
@@ -491,6 +570,29 @@ def to_markdown(report: dict) -> str:
                 base = "–"
             cells = [_pct(g["accuracy"].get(c, {}).get(which)) for c in columns]
             lines.append(_row([g["id"], base] + cells + [_gain_pct(g["gain"], which)]))
+    lines += [
+        "",
+        "## Summary: the model you deploy against training alone",
+        "",
+        "Headline: the leader (without one: the students' mean). Train acc: its running accuracy over the last "
+        "epoch's augmented batches (train - test >= 5 points: an overfitting regime). Wall and CPU: every epoch's "
+        "wall and CPU time (all threads) of one run; on a shared machine the CPU time is the fair cost. Gains on final-epoch accuracy, points: over CE (the --baseline runs of the same setting) and "
+        "over DML's students' mean (a DML group of the same setting).",
+        "",
+        _row(["", "method", "model", "dataset", "epochs", "headline", "final (%)", "best (%)", "train acc (%)",
+              "wall (min)", "CPU (min)", "gain vs CE", "gain vs DML"]),
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for g in groups:
+        head = "students_mean" if g["baseline"] else headline_model(g)
+        acc = g["baseline_accuracy"] if g["baseline"] else g["accuracy"][head]
+        wall_min, cpu_min = (_minutes(g.get(k)) for k in ("train_seconds", "train_cpu_seconds"))
+        lines.append(_row([
+            g["id"], g["method"], g["model"].get("model"), g["dataset"], g["epochs"],
+            "students' mean" if g["baseline"] else model_label(head), _pct(acc["final"]), _pct(acc["best"]),
+            _pct(g.get("train_acc"), 1), _num(wall_min, 1), _num(cpu_min, 1), _gain_pct(g["gain"], "final"),
+            _gain_pct(g.get("gain_dml"), "final"),
+        ]))
     if any("cosine" in g for g in groups):
         lines += [
             "",
@@ -523,7 +625,8 @@ CSV_COLUMNS = ["group", "baseline", "method", "model", "dataset", "num_students"
 
 def to_csv(report: dict) -> str:
     """Long format: one line per (group, quantity, model); quantity is best_acc, final_acc,
-    baseline_best_acc, baseline_final_acc, gain_best, gain_final or one of the cosines."""
+    baseline_best_acc, baseline_final_acc, gain_best, gain_final, gain_dml_best, gain_dml_final,
+    train_acc, train_seconds, train_cpu_seconds or one of the cosines."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -544,6 +647,12 @@ def to_csv(report: dict) -> str:
         if g["gain"] is not None:
             for which in ("best", "final"):
                 emit(f"gain_{which}", g["gain"]["model"], g["gain"][which])
+        if g.get("gain_dml") is not None:
+            for which in ("best", "final"):
+                emit(f"gain_dml_{which}", g["gain_dml"]["model"], g["gain_dml"][which])
+        for quantity in ("train_acc", "train_seconds", "train_cpu_seconds"):
+            if g.get(quantity):
+                emit(quantity, "leader" if "leader" in g["accuracy"] else "student1", g[quantity])
         for k in COSINES:
             if g.get("cosine"):
                 emit(k, "students", g["cosine"][k])

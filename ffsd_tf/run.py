@@ -65,24 +65,15 @@ def probe_writable(directory: str) -> None:
 
 
 def build_optimizers(steps_per_epoch: int, roles):
-    from ffsd_tf.optimizers import TorchAdam, TorchSGD
-    from ffsd_tf.schedules import MultiStepLR
+    """The paper's optimizers per role (``optimizers.paper_optimizers``) with the flags' rates and schedule."""
+    from ffsd_tf.optimizers import paper_optimizers
 
-    ms = ffsd_flags.milestones()
-
-    def lr(base):
-        return MultiStepLR(base, ms, FLAGS.lr_gamma, steps_per_epoch=steps_per_epoch, warmup_epochs=FLAGS.lr_warmup_epochs)
-
-    def sgd(wd, name):
-        return TorchSGD(lr(FLAGS.lr), momentum=FLAGS.momentum, nesterov=FLAGS.nesterov, weight_decay=wd, name=name)
-
-    made = {
-        "students": lambda: sgd(FLAGS.weight_decay, "students_sgd"),
-        "leader": lambda: sgd(FLAGS.weight_decay, "leader_sgd"),
-        "fusion": lambda: sgd(FLAGS.fusion_weight_decay, "fusion_sgd"),
-        "decoders": lambda: TorchAdam(lr(FLAGS.decoder_lr), weight_decay=FLAGS.decoder_weight_decay, name="decoders_adam"),
-    }
-    return {r: made[r]() for r in roles}
+    return paper_optimizers(
+        roles, lr=FLAGS.lr, decoder_lr=FLAGS.decoder_lr, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov,
+        weight_decay=FLAGS.weight_decay, fusion_weight_decay=FLAGS.fusion_weight_decay,
+        decoder_weight_decay=FLAGS.decoder_weight_decay, milestones=ffsd_flags.milestones(), gamma=FLAGS.lr_gamma,
+        steps_per_epoch=steps_per_epoch, warmup_epochs=FLAGS.lr_warmup_epochs,
+    )
 
 
 def train() -> dict:
@@ -249,7 +240,6 @@ def run_callbacks(out, ckpt_dir, checkpoint, history, bundle, epochs: int, steps
 
     cbs = [
         callbacks.StopOnNonFinite(),
-        callbacks.LossWeightScheduler(),
         callbacks.EpochCheckpoint(ckpt_dir, checkpoint, FLAGS.keep_checkpoints, history, chief=chief),
     ]
     if chief:
@@ -285,6 +275,7 @@ def write_results(config, bundle, history: list[dict]) -> dict:
         "epochs": epochs,
         "accuracy": rundir.summarize(history, cohort.num_students),
         "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),  # every epoch's wall time
+        "train_cpu_seconds": round(sum(h.get("cpu_seconds", 0.0) for h in history), 1),  # and CPU time
     }
     title = (f"{cohort.model} on {bundle.name}, {cohort.num_students} common student"
              f"{'s' * (cohort.num_students != 1)}, {epochs} epochs")

@@ -35,9 +35,19 @@ and AT rows) adds to every common student ``w_teacher_kd * T^2 KL(p_T || p_i)`` 
 and/or ``w_teacher_at * sum_m A-loss(F_i^m, F_T^m)`` (attention transfer, Zagoruyko and
 Komodakis). The teacher runs in inference mode, has no trainable variables and no optimizer.
 
-The ``w_*`` are loss-weight schedules of the epoch (the paper's warm-up is one; defaults in
-``PAPER_LOSS_WEIGHTS``), held in non-trainable variables that ``set_epoch`` updates (the
-``LossWeightScheduler`` callback calls it at the start of every epoch).
+The ``w_*`` are loss-weight schedules of the epoch (the paper's warm-up is one), held in
+non-trainable variables that ``set_epoch`` updates. ``FFSD.fit`` calls it at the start of every
+epoch itself (Keras' ``on_epoch_begin`` hook), so a plain ``fit(ds, epochs=N)`` trains with the
+schedules and logs each weight (``weights/<name>``) in its history. Two named sets:
+``RECIPE_LOSS_WEIGHTS`` (the Python API's default: every KL term warmed up too) and
+``PAPER_LOSS_WEIGHTS`` (the authors' code; the CLI's flag defaults), both in ``ffsd_tf.recipes``.
+
+Python API (README "Use it from Python")::
+
+    model = FFSD("resnet20", num_classes=10, input_shape=(32, 32, 3))   # or FFSD(any_backbone)
+    model.compile()                      # the paper's optimizers, one per role
+    model.fit(train_ds, epochs=30, validation_data=test_ds)
+    leader = model.deployable_leader()
 """
 
 from __future__ import annotations
@@ -52,8 +62,15 @@ from ffsd_tf import losses
 from ffsd_tf.attention import diversity_feature_target, loss_float
 from ffsd_tf.fusion import build_fusion_module, build_trans_fusion
 from ffsd_tf.keras_adapter import KerasPrivateOverrides
-from ffsd_tf.networks import build_network
+from ffsd_tf.networks import build_network, custom
 from ffsd_tf.networks.layers import synchronized_batchnorm
+from ffsd_tf.recipes import (  # noqa: F401  (re-exported: the trainer's public names)
+    LOSS_WEIGHTS,
+    NAMED_LOSS_WEIGHTS,
+    PAPER_LOSS_WEIGHTS,
+    RECIPE_LOSS_WEIGHTS,
+    active_loss_weights,
+)
 from ffsd_tf.schedules import parse_weight_schedule
 from ffsd_tf.self_distillation import build_sd_decoder
 
@@ -61,33 +78,66 @@ DIVERSITY_MODES = ("attention", "l2", "none")
 SD_MODES = ("both", "students", "leader", "none")
 TEACHER_LOSSES = ("kd", "at", "kd_at")
 ROLES = ("students", "leader", "fusion", "decoders")
-# The authors' loss weights: (value, schedule of the 1-based epoch). Every one is a flag.
-PAPER_LOSS_WEIGHTS = {
-    "kl": (1.0, "constant"),  # T^2 KL between common students (Eq. 2)
-    "fusion_kl": (1.0, "constant"),  # T^2 KL of the fusion classifier to the students' mean (Eq. 4)
-    "leader_kl": (1.0, "constant"),  # T^2 KL of the leader to the fusion classifier (Eq. 14)
-    "diversity": (1e-5, "exp_warmup:5"),  # lambda_div: Eqs. 9 and 11
-    "fusion": (10.0, "exp_warmup:5"),  # lambda_fea: Eq. 5 and, as coded, Eq. 13
-    "self_distillation": (1000.0, "exp_warmup:5"),  # lambda_sd: the decoders' own loss, Eq. 10
-    # Offline baselines of Table II (used only with a teacher): Hinton's T^2 KL, and attention
-    # transfer with Zagoruyko & Komodakis' beta/2 = 1000/2 on the mean-squared A-loss.
-    "teacher_kd": (1.0, "constant"),
-    "teacher_at": (500.0, "constant"),
-}
-LOSS_WEIGHTS = tuple(PAPER_LOSS_WEIGHTS)
+# The loss weights (PAPER_LOSS_WEIGHTS, RECIPE_LOSS_WEIGHTS...) live in ffsd_tf.recipes.
 
 
-def loss_weight_schedules(values: Mapping[str, float] | None = None, schedules: Mapping[str, str] | None = None):
-    """name -> callable(epoch) = value * schedule(epoch), the paper's defaults unless overridden."""
+def loss_weight_schedules(values: Mapping[str, float] | None = None, schedules: Mapping[str, str] | None = None,
+                          base: str = "paper"):
+    """name -> callable(epoch) = value * schedule(epoch); ``base`` ("paper" or "recipe") fills the rest."""
     values, schedules = dict(values or {}), dict(schedules or {})
     unknown = (set(values) | set(schedules)) - set(LOSS_WEIGHTS)
     if unknown:
         raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}")
+    if base not in NAMED_LOSS_WEIGHTS:
+        raise ValueError(f"loss weights {base!r} are not a named set; use one of {sorted(NAMED_LOSS_WEIGHTS)}")
     out = {}
-    for key, (value, spec) in PAPER_LOSS_WEIGHTS.items():
+    for key, (value, spec) in NAMED_LOSS_WEIGHTS[base].items():
         schedule = parse_weight_schedule(schedules.get(key, spec))
         out[key] = lambda epoch, _v=values.get(key, value), _s=schedule: _v * _s(epoch)
     return out
+
+
+def resolve_loss_weights(loss_weights) -> dict[str, Callable[[int], float]]:
+    """``"recipe"`` / ``"paper"`` / None (= recipe), or a mapping over the recipe whose values are
+    callables of the 1-based epoch, numbers (constant), or ``(value, "schedule spec")`` pairs."""
+    if loss_weights is None or isinstance(loss_weights, str):
+        return loss_weight_schedules(base=loss_weights or "recipe")
+    if not isinstance(loss_weights, Mapping):
+        raise ValueError(f"loss_weights must be 'recipe', 'paper' or a mapping, got {type(loss_weights).__name__}")
+    unknown = set(loss_weights) - set(LOSS_WEIGHTS)
+    if unknown:
+        raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}")
+    out = loss_weight_schedules(base="recipe")
+    for key, given in loss_weights.items():
+        if callable(given):
+            out[key] = given
+        elif isinstance(given, (int, float)) and not isinstance(given, bool):
+            out[key] = lambda epoch, _v=float(given): _v
+        elif isinstance(given, (tuple, list)) and len(given) == 2:
+            out[key] = loss_weight_schedules({key: float(given[0])}, {key: given[1]})[key]
+        else:
+            raise ValueError(f"loss weight {key!r}: give a number, a (value, 'schedule') pair or a callable of the "
+                             f"epoch, got {given!r}")
+    return out
+
+
+def _stage_list(decoded) -> list:
+    """A decoder's outputs as a list (Keras returns a lone tensor for a 2-stage backbone's one map)."""
+    return list(decoded) if isinstance(decoded, (list, tuple)) else [decoded]
+
+
+def _clone_optimizer(template: keras.optimizers.Optimizer, role: str) -> keras.optimizers.Optimizer:
+    """A new optimizer of ``template``'s class and settings for ``role`` (its own slots and step count)."""
+    config = template.get_config()
+    config["name"] = f"{role}_{config.get('name') or 'optimizer'}"
+    return template.__class__.from_config(config)
+
+
+class _FollowLossWeightSchedules(keras.callbacks.Callback):
+    """FFSD.fit's own epoch hook: every scheduled loss weight for the epoch about to start."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.set_epoch(epoch + 1)  # Keras counts from 0, the paper's schedules from 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,16 +207,39 @@ def student_name(i: int) -> str:
 class FFSD(KerasPrivateOverrides, keras.Model):
     """Online distillation of a cohort into a leader by Feature Fusion and Self-Distillation."""
 
-    def __init__(self, config: FFSDConfig, loss_weights: Mapping[str, Callable[[int], float]] | None = None, **kwargs):
-        super().__init__(name=kwargs.pop("name", "ffsd"), **kwargs)
+    def __init__(self, config: FFSDConfig | str | keras.Model = "resnet32", loss_weights="recipe", *,
+                 name: str = "ffsd", **options):
+        """``config``: an ``FFSDConfig``; or a registered network's name (``"resnet20"``); or your own
+        backbone, a functional ``keras.Model`` returning ``{"logits", "features"}`` (see
+        ``ffsd_tf.networks.custom``; its input shape and class count are read off it). ``options``:
+        any ``FFSDConfig`` field (``num_classes``, ``input_shape``, ``num_students``...).
+        ``loss_weights``: ``"recipe"`` (default), ``"paper"``, or a mapping over the recipe (name ->
+        number, ``(value, "schedule")`` or callable of the 1-based epoch; see ``LOSS_WEIGHTS``).
+        A backbone the cohort cannot use is a one-line ``ValueError`` here.
+        """
+        bad = set(options) - {f.name for f in dataclasses.fields(FFSDConfig)}
+        if bad:
+            raise ValueError(f"unknown FFSD options {sorted(bad)}; known: the fields of FFSDConfig")
+        self._network_factory = None
+        if isinstance(config, keras.Model):
+            backbone = custom.as_backbone(config)
+            options = {"num_classes": int(backbone.output["logits"].shape[-1]),
+                       "input_shape": tuple(backbone.input_shape[1:]), **options}
+            self._network_factory = lambda net_name, _b=backbone: custom.clone_backbone(_b, net_name)
+            config = FFSDConfig(model=backbone.name, **options)
+            custom.check_backbone(backbone, num_classes=config.num_classes, input_shape=config.input_shape,
+                                  decoders=config.student_decoders or config.leader_decoder)
+        elif isinstance(config, str):
+            config = FFSDConfig(model=config, **options)
+        elif isinstance(config, FFSDConfig):
+            config = dataclasses.replace(config, **options) if options else config
+        else:
+            raise ValueError(f"FFSD takes an FFSDConfig, a network name or a keras.Model, got {type(config).__name__}")
+        super().__init__(name=name)
         self.config = config
         with synchronized_batchnorm(config.sync_batchnorm):
             self._build_cohort(config)
-        # Missing weights take the paper's value and schedule (see PAPER_LOSS_WEIGHTS).
-        self._loss_weight_schedules = {**loss_weight_schedules(), **dict(loss_weights or {})}
-        unknown = set(self._loss_weight_schedules) - set(LOSS_WEIGHTS)
-        if unknown:
-            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {LOSS_WEIGHTS}")
+        self._loss_weight_schedules = resolve_loss_weights(loss_weights)
         self.loss_weight_vars = {
             key: self.add_weight(name=f"w_{key}", shape=(), initializer="ones", trainable=False)
             for key in LOSS_WEIGHTS
@@ -175,10 +248,17 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         self._train_trackers, self._eval_trackers = self._make_trackers()
 
     def _build_cohort(self, config: FFSDConfig):
-        build = lambda name, backbone=config.model: build_network(  # noqa: E731
-            backbone, num_classes=config.num_classes, input_shape=config.input_shape, model_name=name
-        )
-        self.common_students = [build(student_name(i)) for i in range(config.num_students)]
+        def build(name, backbone=None):
+            if backbone is None and self._network_factory is not None:
+                return self._network_factory(name)
+            return build_network(backbone or config.model, num_classes=config.num_classes,
+                                 input_shape=config.input_shape, model_name=name)
+
+        first = build(student_name(0))
+        if self._network_factory is None:  # a registered network: the same checks (yours were checked already)
+            custom.check_backbone(first, num_classes=config.num_classes, input_shape=config.input_shape,
+                                  decoders=config.student_decoders or config.leader_decoder, label=config.model)
+        self.common_students = [first] + [build(student_name(i)) for i in range(1, config.num_students)]
         feature_shapes = [tuple(f.shape[1:]) for f in self.common_students[0].output["features"]]
         self.feature_shapes = feature_shapes
         self.leader = build("leader") if config.leader else None
@@ -229,6 +309,11 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         return [v for m in self.role_models[role] for v in m.trainable_variables]
 
     @property
+    def active_loss_weights(self) -> list[str]:
+        """The loss weights some term of this cohort uses (logged per epoch as ``weights/<name>``)."""
+        return active_loss_weights(dataclasses.asdict(self.config))
+
+    @property
     def active_roles(self) -> list[str]:
         return [r for r in ROLES if self.role_models[r]]
 
@@ -260,17 +345,62 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         return values
 
     # ------------------------------------------------------------------ compile
-    def compile(self, optimizers: Mapping[str, keras.optimizers.Optimizer], **kwargs):
-        """``optimizers``: one optimizer per active role (see the module docstring)."""
+    def compile(self, optimizer=None, **kwargs):
+        """One optimizer per active role (see the module docstring), from ``optimizer``:
+
+        * ``None``: the paper's (``optimizers.paper_optimizers``: SGD nesterov 0.1 with coupled L2
+          for students, leader and fusion, Adam 1e-3 for the decoders), at a constant learning
+          rate; pass ``paper_optimizers(..., milestones=..., steps_per_epoch=...)`` for its steps;
+        * one optimizer (an instance or a name such as ``"sgd"``): cloned for every role, each
+          with its own slots;
+        * a mapping role -> optimizer (``model.active_roles`` are the keys it needs).
+
+        Under the ``mixed_float16`` policy every role's optimizer gets its own loss scaling.
+        Other keyword arguments go to ``keras.Model.compile`` (``jit_compile``...).
+        """
+        from ffsd_tf.distribute import wrap_for_precision
+        from ffsd_tf.optimizers import paper_optimizers
+
+        if kwargs.get("loss") is not None:
+            raise ValueError("FFSD computes its own losses (Eqs. 2-14); compile it without loss=")
+        if optimizer is None:
+            optimizers = paper_optimizers(self.active_roles)
+        elif isinstance(optimizer, Mapping):
+            optimizers = dict(optimizer)
+        else:
+            template = keras.optimizers.get(optimizer)
+            optimizers = {role: _clone_optimizer(template, role) for role in self.active_roles}
         missing = [r for r in self.active_roles if r not in optimizers]
         extra = [r for r in optimizers if r not in self.active_roles]
         if missing or extra:
             raise ValueError(f"optimizers needed for roles {self.active_roles}; missing {missing}, unused {extra}")
+        if optimizer is None or not isinstance(optimizer, Mapping):
+            policy = keras.config.dtype_policy().name
+            if not any(isinstance(o, keras.optimizers.LossScaleOptimizer) for o in optimizers.values()):
+                optimizers = wrap_for_precision(optimizers, policy)
         super().compile(optimizer=optimizers["students"], **kwargs)
         self.leader_optimizer = optimizers.get("leader")
         self.fusion_optimizer = optimizers.get("fusion")
         self.decoder_optimizer = optimizers.get("decoders")
         self.build_optimizers()
+
+    def fit(self, *args, callbacks=None, verbose="auto", **kwargs):
+        """``keras.Model.fit`` with every loss weight on its schedule: at the start of each epoch
+        (``initial_epoch`` included) the weights for that 1-based epoch are set, no callback needed.
+
+        ``verbose="auto"`` (default): the CLI's compact progress (a bar on a terminal, one line per
+        epoch in logs and captured output) and its blow-up warning (``callbacks.CollapseWarning``);
+        ``verbose=0/1/2``: Keras' own progress bar, nothing added.
+        """
+        callbacks = [_FollowLossWeightSchedules(), *(callbacks or [])]
+        if args and isinstance(args[0], tf.data.Dataset) or isinstance(kwargs.get("x"), tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)  # a dataset is shuffled by its pipeline (Keras would warn)
+        if verbose == "auto":
+            from ffsd_tf.callbacks import CollapseWarning, CompactProgress
+
+            callbacks += [CollapseWarning(), CompactProgress(mode="auto")]
+            verbose = 0
+        return super().fit(*args, callbacks=callbacks, verbose=verbose, **kwargs)
 
     @property
     def optimizers(self) -> dict[str, keras.optimizers.Optimizer]:
@@ -373,7 +503,7 @@ class FFSD(KerasPrivateOverrides, keras.Model):
                 total += w["diversity"] * div
                 if c.student_decoders:
                     target_input = tf.stop_gradient(diversity_feature_target(feats[i - 1][-1]))
-                    decoded = self.sd_decoders[s](target_input, training=False)
+                    decoded = _stage_list(self.sd_decoders[s](target_input, training=False))
                     sd_div = losses.sd_target_loss(feats[i][:-1], decoded)
                     terms[f"{s}/sd_diversity"] = sd_div
                     total += w["diversity"] * sd_div
@@ -425,7 +555,7 @@ class FFSD(KerasPrivateOverrides, keras.Model):
                 terms.update({"leader/fusion_feature": feature, "leader/fusion_sigma": sigma_term})
                 total += w["fusion"] * (feature + sigma_term)
                 if c.leader_decoder:
-                    decoded = self.sd_decoders["leader"](tf.stop_gradient(f_fused), training=False)
+                    decoded = _stage_list(self.sd_decoders["leader"](tf.stop_gradient(f_fused), training=False))
                     sd = losses.sd_target_loss(f_0[:-1], decoded)
                     terms["leader/sd"] = sd
                     total += w["fusion"] * sd
@@ -435,7 +565,7 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         # Decoders' own training (Eq. 10), after they were applied in inference mode above.
         for owner, decoder in self.sd_decoders.items():
             own = f_0 if owner == "leader" else feats[int(owner[len("student"):]) - 1]
-            decoded = decoder(tf.stop_gradient(own[-1]), training=training)
+            decoded = _stage_list(decoder(tf.stop_gradient(own[-1]), training=training))
             sd = losses.decoder_loss(decoded, [tf.stop_gradient(f) for f in own[:-1]])
             terms[f"sd_{owner}/loss"] = w["self_distillation"] * sd
             role_loss["decoders"].append(w["self_distillation"] * sd)
@@ -463,7 +593,9 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             self.optimizers[r].apply_gradients(zip(grads[offset : offset + n], variables[r]))
             offset += n
         terms["loss"] = total
-        return self._step_logs(self._update_trackers(self._train_trackers, terms, logits, labels))
+        logs = self._update_trackers(self._train_trackers, terms, logits, labels)
+        logs.update({f"weights/{k}": tf.convert_to_tensor(self.loss_weight_vars[k]) for k in self.active_loss_weights})
+        return self._step_logs(logs)
 
     def test_step(self, data):
         images, labels = data[0], data[1]

@@ -64,3 +64,13 @@ def test_the_recipe_warms_up_every_kl_term_the_paper_does_not():
     recipe = ffsd_flags.weight_schedules()
     FLAGS.unparse_flags()
     assert recipe["kl"](1) == recipe["fusion_kl"](1) == recipe["leader_kl"](1) == pytest.approx(math.exp(-3.2))
+
+
+@pytest.mark.parametrize("epoch", [1, 2, 3, 5, 9])
+def test_the_flagfile_and_the_python_api_default_are_one_recipe(recipe_flags, epoch):
+    """robust.flags (CLI) and RECIPE_LOSS_WEIGHTS (FFSD's default) give the same weight every epoch."""
+    from ffsd_tf.trainer import loss_weight_schedules
+
+    cli, api = ffsd_flags.weight_schedules(), loss_weight_schedules(base="recipe")
+    for name in LOSS_WEIGHTS:
+        assert cli[name](epoch) == api[name](epoch), name

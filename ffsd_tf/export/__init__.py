@@ -453,18 +453,49 @@ def export_run(
     export_dir = export_dir or os.path.join(run_dir, rundir.EXPORT)
     resolve_version(export_dir, version)  # an existing version fails before the restore
     model, meta, checkpoint = rundir.restore_model(path)
-    leader = model.deployable_leader()
-    input_shape = tuple(model.config.input_shape)
     bundle = rundir.load_run_data(run_dir)
-    rep_images, _ = _take(bundle.raw("train"), max_representative, seed=1)
-    eval_images, eval_labels = _take(bundle.raw("test"), max_eval, seed=2)
+    return export_model(
+        model, bundle, export_dir=export_dir, class_names=meta.get("class_names"), mean=meta["mean"],
+        std=meta["std"], version=version, max_eval=max_eval, max_representative=max_representative,
+        formats=formats, top_k=top_k, latency_repeats=latency_repeats, source=checkpoint,
+    )
+
+
+def export_model(
+    model,
+    data,
+    *,
+    export_dir: str,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    version: int | None = None,
+    max_eval: int = 1000,
+    max_representative: int = 200,
+    formats: Sequence[str] = ALL_FORMATS,
+    top_k: int = 5,
+    latency_repeats: int = 10,
+    source: str | None = None,
+) -> dict:
+    """Exports a trained ``FFSD`` cohort's leader (or any logits model) for the data it learnt.
+
+    ``data``: the ``DataBundle`` of ``ffsd_tf.data.load_dataset`` it was trained on; its class
+    names and mean/std go into the exports unless given. Representative images are a seeded sample
+    of ``max_representative`` training images, evaluation a seeded sample of ``max_eval`` test
+    images. Writes ``<export_dir>/<version>/`` (SavedModel, TFLite, ``leader.keras``, report)
+    atomically and returns the report.
+    """
+    leader = model.deployable_leader() if hasattr(model, "deployable_leader") else model
+    rep_images, _ = _take(data.raw("train"), max_representative, seed=1)
+    eval_images, eval_labels = _take(data.raw("test"), max_eval, seed=2)
+    num_classes = int(leader.output_shape[-1])
     return export_leader(
         leader,
         export_dir=export_dir,
-        mean=meta["mean"],
-        std=meta["std"],
-        class_names=meta.get("class_names") or [str(i) for i in range(model.config.num_classes)],
-        image_shape=input_shape,
+        mean=data.mean if mean is None else mean,
+        std=data.std if std is None else std,
+        class_names=class_names or list(data.class_names) or [str(i) for i in range(num_classes)],
+        image_shape=tuple(leader.input_shape[1:]),
         representative_images=rep_images,
         eval_images=eval_images,
         eval_labels=eval_labels,
@@ -472,7 +503,7 @@ def export_run(
         formats=formats,
         top_k=top_k,
         latency_repeats=latency_repeats,
-        source=checkpoint,
+        source=source,
     )
 
 
@@ -484,6 +515,7 @@ __all__ = [
     "check_formats",
     "existing_versions",
     "export_leader",
+    "export_model",
     "export_run",
     "published_version",
     "resolve_version",

@@ -1,0 +1,72 @@
+"""The two named sets of loss weights, and which weights a cohort uses (TensorFlow-free).
+
+Every FFSD loss weight is ``value * schedule(epoch)`` (``schedules.parse_weight_schedule``):
+
+* ``PAPER_LOSS_WEIGHTS``: the authors' code (the CLI's flag defaults; ``experiments/paper/``).
+* ``RECIPE_LOSS_WEIGHTS``: the recipe for users' own training (issue 14; the Python API's
+  default and ``experiments/recipes/robust.flags``, held equal by ``tests/test_recipe.py``): the
+  paper's values with every KL term warmed up over 5 epochs too, so the mutual KL between freshly
+  initialised networks cannot blow up in the first steps (RESULTS.md, follow-up 3).
+
+``active_loss_weights`` says which weights a cohort's terms use (the trainer logs those as
+``weights/<name>``; the report names a run's set from them).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+# name -> (value, schedule spec of the 1-based epoch). Every one is a flag (--lambda_<name>[_schedule]).
+PAPER_LOSS_WEIGHTS = {
+    "kl": (1.0, "constant"),  # T^2 KL between common students (Eq. 2)
+    "fusion_kl": (1.0, "constant"),  # T^2 KL of the fusion classifier to the students' mean (Eq. 4)
+    "leader_kl": (1.0, "constant"),  # T^2 KL of the leader to the fusion classifier (Eq. 14)
+    "diversity": (1e-5, "exp_warmup:5"),  # lambda_div: Eqs. 9 and 11
+    "fusion": (10.0, "exp_warmup:5"),  # lambda_fea: Eq. 5 and, as coded, Eq. 13
+    "self_distillation": (1000.0, "exp_warmup:5"),  # lambda_sd: the decoders' own loss, Eq. 10
+    # Offline baselines of Table II (used only with a teacher): Hinton's T^2 KL, and attention
+    # transfer with Zagoruyko & Komodakis' beta/2 = 1000/2 on the mean-squared A-loss.
+    "teacher_kd": (1.0, "constant"),
+    "teacher_at": (500.0, "constant"),
+}
+LOSS_WEIGHTS = tuple(PAPER_LOSS_WEIGHTS)
+KL_WEIGHTS = ("kl", "fusion_kl", "leader_kl")
+RECIPE_LOSS_WEIGHTS = {
+    key: (value, "exp_warmup:5" if key in KL_WEIGHTS else spec) for key, (value, spec) in PAPER_LOSS_WEIGHTS.items()
+}
+NAMED_LOSS_WEIGHTS = {"recipe": RECIPE_LOSS_WEIGHTS, "paper": PAPER_LOSS_WEIGHTS}
+
+
+def active_loss_weights(config: Mapping) -> list[str]:
+    """The weights some loss term of a cohort uses; ``config``: ``FFSDConfig``'s fields as a dict."""
+    n = int(config.get("num_students", 2))
+    leader = bool(config.get("leader", True))
+    fusion = leader and bool(config.get("fusion", True))
+    diversity, sd = config.get("diversity", "attention"), config.get("self_distillation", "both")
+    teacher_terms = str(config.get("teacher_loss", "kd")).split("_") if config.get("teacher") else []
+    student_decoders = diversity == "attention" and sd in ("both", "students") and n >= 2
+    leader_decoder = fusion and sd in ("both", "leader")
+    used = {
+        "kl": bool(config.get("mutual_learning", True)) and n > 1,
+        "fusion_kl": fusion,
+        "leader_kl": leader,
+        "diversity": n > 1 and diversity != "none",
+        "fusion": fusion,
+        "self_distillation": student_decoders or leader_decoder,
+        "teacher_kd": "kd" in teacher_terms,
+        "teacher_at": "at" in teacher_terms,
+    }
+    return [k for k in LOSS_WEIGHTS if used[k]]
+
+
+def named_set(weights: Mapping[str, tuple], active, among=("recipe", "paper")) -> str | None:
+    """The first set of ``among`` that ``weights`` (name -> (value, spec)) equal on every ``active``
+    weight, else None. Specs compare without spaces."""
+
+    def same(a, b):
+        return float(a[0]) == float(b[0]) and str(a[1]).replace(" ", "") == str(b[1]).replace(" ", "")
+
+    for name in among:
+        if all(k in weights and same(weights[k], NAMED_LOSS_WEIGHTS[name][k]) for k in active):
+            return name
+    return None
