@@ -59,12 +59,15 @@ def optimizers(weight_decay: float = 1e-4) -> dict:
 def build(strategy, seed: int = 0):
     import keras
 
-    from ffsd_tf.trainer import FFSD, FFSDConfig
+    from ffsd_tf.trainer import FFSD, PAPER_LOSS_WEIGHTS, FFSDConfig
 
     with strategy.scope():
         keras.utils.set_random_seed(seed)
-        model = FFSD(FFSDConfig(sync_batchnorm=True, **TINY))
-        model.set_epoch(5)  # warm-up weights well above zero: every loss term matters
+        # Every weight constant at the paper's full value (fit sets each epoch's weights from the
+        # schedules, and warm-up values near zero would leave terms untested).
+        full = {k: value for k, (value, _) in PAPER_LOSS_WEIGHTS.items()}
+        model = FFSD(FFSDConfig(sync_batchnorm=True, **TINY), loss_weights=full)
+        model.set_epoch(5)
         model.compile(optimizers())
     return model
 
