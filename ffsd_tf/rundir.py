@@ -74,9 +74,9 @@ def read_json(path: str):
 
 
 def read_flagfile(path: str) -> dict[str, str]:
-    """A flagfile (``flags.txt``) as name -> value text: ``--name=value`` lines, ``--name`` -> "true",
-    ``--noname`` -> "false" for a known boolean (``parse_flag_lines``); {} when it is missing. A
-    file that is not UTF-8 text is a one-line RunDirError naming it."""
+    """A flagfile (``flags.txt``) as name -> value text (``parse_flag_lines``); {} when it is missing.
+    A file that is not UTF-8 text is a one-line RunDirError naming it. Read back only to upgrade the
+    config.json of runs written before it held the settings (``config.upgrade``)."""
     if not os.path.exists(path):
         return {}
     try:
@@ -89,7 +89,8 @@ def read_flagfile(path: str) -> dict[str, str]:
 
 def parse_flag_lines(lines) -> dict[str, str]:
     """Flag lines (a flagfile's, or the values of config.json's old "flags" section) as name -> value
-    text; comments, blank lines and anything else are skipped."""
+    text: ``--name=value`` -> value, ``--name`` -> "true", ``--noname`` -> name: "false" (booleans);
+    comments, blank lines and anything else are skipped."""
     values: dict[str, str] = {}
     for line in lines:
         line = line.strip()
