@@ -60,3 +60,19 @@ def run_cli(args, timeout=300, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def parsed():
+    """``parsed(*argv)``: the training flags parsed from ``argv`` (absl's global FLAGS), reset afterwards."""
+    from absl import flags
+
+    from ffsd_tf import flags as ffsd_flags  # noqa: F401  (defines the flags)
+
+    def parse(*argv):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["prog", *argv])
+        return flags.FLAGS
+
+    yield parse
+    flags.FLAGS.unparse_flags()

@@ -9,17 +9,6 @@ from tests.conftest import ROOT
 FLAGS = flags.FLAGS
 
 
-@pytest.fixture
-def parsed():
-    def parse(*argv):
-        FLAGS.unparse_flags()
-        FLAGS(["prog", *argv])
-        return FLAGS
-
-    yield parse
-    FLAGS.unparse_flags()
-
-
 def test_batch_must_divide_across_replicas(parsed):
     parsed("--batch_size=30", "--epochs=300")
     ffsd_flags.validate(num_replicas=3)  # divisible: fine

@@ -27,19 +27,6 @@ RUN = [*SYNTHETIC_8PX, "--synthetic_classes=4", "--epochs=1", "--milestones=", "
        "--lambda_kl_schedule=exp_warmup:3", "--nonesterov", "--verbose=quiet"]
 
 
-@pytest.fixture
-def parsed():
-    from ffsd_tf import flags as ffsd_flags  # noqa: F401  (defines the flags)
-
-    def parse(*argv):
-        FLAGS.unparse_flags()
-        FLAGS(["prog", *argv])
-        return FLAGS
-
-    yield parse
-    FLAGS.unparse_flags()
-
-
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("contract") / "run")
