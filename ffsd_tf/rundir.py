@@ -388,10 +388,13 @@ def readable(path: str) -> str | None:
 
 def write_checkpoint_state(run_dir: str, latest: str) -> None:
     """Rewrites ``checkpoints/checkpoint`` to list ``latest`` and the older ``ckpt-N`` files on disk
-    (relative names), so TF's CheckpointManager keeps and sweeps only files inside ``checkpoints/``."""
+    (relative names), so TF's CheckpointManager keeps and sweeps only files inside ``checkpoints/``.
+
+    The folder is made absolute: given a relative one, TF takes the bare names as relative to the
+    working directory and writes ``../../ckpt-N``, which the next resume refuses as outside."""
     from tensorflow.python.checkpoint import checkpoint_management
 
-    directory = os.path.join(run_dir, CHECKPOINTS)
+    directory = os.path.abspath(os.path.join(run_dir, CHECKPOINTS))
     newest = _number(latest)
     older = [p for p in find_checkpoints(run_dir, warn=lambda m: None)
              if newest is not None and (_number(p) or 0) < newest and os.path.exists(p + ".index")]

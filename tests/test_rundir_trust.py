@@ -239,6 +239,24 @@ def test_case4_without_the_state_file_a_rerun_resumes_from_the_checkpoints_on_di
     assert [h["epoch"] for h in json.load(open(os.path.join(out, "history.json")))] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("relative", [True, False])
+def test_case4_a_resume_leaves_a_state_file_the_next_resume_accepts(base_run, tmp_path, monkeypatch, relative):
+    """Resuming rewrites ``checkpoints/checkpoint`` with bare names. Given a relative --output_dir,
+    TF wrote ``../../../ckpt-3`` there (names taken as relative to the working directory), so the
+    second resume of a run refused it as "outside" (found in the budget study)."""
+    from ffsd_tf import rundir
+
+    out = _copy(base_run, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run_dir = os.path.relpath(out) if relative else out
+    latest = os.path.join(run_dir, "checkpoints", "ckpt-3")
+    rundir.write_checkpoint_state(run_dir, latest)
+    text = open(os.path.join(out, "checkpoints", "checkpoint")).read()
+    assert 'model_checkpoint_path: "ckpt-3"' in text and ".." not in text, text
+    listed = rundir.listed_checkpoints(run_dir)  # what the next resume reads: no RunDirError
+    assert [os.path.basename(p) for p in listed] == ["ckpt-1", "ckpt-2", "ckpt-3"]
+
+
 def test_case4_resume_with_a_flag_that_changes_the_result_is_refused(base_run, tmp_path):
     out = _copy(base_run, tmp_path)
     before = _snapshot(out)
