@@ -11,6 +11,8 @@ distort every wall time.
 ``ce_equal`` is the equal-compute row: CE trained for as many epochs as cost the CPU time of an
 FFSD-recipe run (``train_cpu_seconds`` in results.json, of the first seed with both runs measured;
 milestones scaled with the epochs). It runs once that pair exists. ``quickstart`` is a setting too (experiments/quickstart.flags).
+Any file of ``experiments/budget_study/methods/`` is a method (``--methods=ffsd_kl_warmup``: the recipe
+before the study, every KL term warmed up and the mutual KL kept).
 
 Then: ``python -m ffsd_tf.report '<runs>/<setting>_*' --baseline='<runs>/<setting>_ce_s*'``.
 """

@@ -211,7 +211,8 @@ class CollapseWarning(keras.callbacks.Callback):
     where a common student's T^2 KL exceeded ln(C) (the KL of a uniform guess to a certain one is
     ln(C); healthy cohorts stay far below), and at the end of epoch 1 every common student's
     training cross-entropy still within 10 % of ln(C), the loss of a uniform prediction. One line
-    then names the cause and the flags that avoid it (warming the KL terms up).
+    then names the cause and the flags that avoid it (no mutual KL, as the recipe; or warming it
+    up). A mutual KL of weight 0 in epoch 1 moved nothing, so it is never blamed.
     """
 
     def __init__(self, stream=None):
@@ -238,6 +239,8 @@ class CollapseWarning(keras.callbacks.Callback):
         config = model.config
         if epoch != 0 or config.num_students < 2 or not config.mutual_learning:
             return
+        if float(model.loss_weight_vars["kl"].numpy()) == 0.0:
+            return  # the mutual KL had no weight: whatever it measured moved nothing
         classes = config.num_classes
         chance_ce = math.log(classes)
         students = [f"student{i + 1}" for i in range(config.num_students)]
@@ -248,8 +251,9 @@ class CollapseWarning(keras.callbacks.Callback):
         self.stream.write(
             f"warning: the mutual KL blew up in epoch 1 (a step's T^2 KL reached {self.peak_kl:.1f} > ln {classes} = "
             f"{chance_ce:.2f}) and left every common student at chance ({s}: train accuracy "
-            f"{100 * float(logs[f'{s}/acc']):.1f} %, cross-entropy {float(logs[f'{s}/ce']):.2f}); warm the KL terms up: "
-            "--lambda_kl_schedule=exp_warmup:5 --lambda_fusion_kl_schedule=exp_warmup:5 "
-            "--lambda_leader_kl_schedule=exp_warmup:5 (experiments/recipes/robust.flags does)\n"
+            f"{100 * float(logs[f'{s}/acc']):.1f} %, cross-entropy {float(logs[f'{s}/ce']):.2f}); drop the mutual KL "
+            "and warm the other KL terms up: --lambda_kl=0 --lambda_fusion_kl_schedule=exp_warmup:5 "
+            "--lambda_leader_kl_schedule=exp_warmup:5 (--flagfile=experiments/recipes/robust.flags does), or keep "
+            "it warmed up: --lambda_kl_schedule=exp_warmup:5\n"
         )
         self.stream.flush()

@@ -151,16 +151,17 @@ def load_run(path: str) -> dict:
 
 # ---------------------------------------------------------------------------------- grouping
 def method_with_weights(run: dict) -> str:
-    """``method_label`` plus the loss-weight set when it is not the paper's: " (recipe)" (the
-    recipe's weights on every term the method uses) or " (custom loss weights)"."""
-    from ffsd_tf.recipes import named_set
+    """``method_label`` plus the loss-weight set when it is not the paper's: " (recipe)" or
+    " (KL warm-up)" (that set's weights on every term the method uses; ``recipes.WEIGHT_SET_LABELS``)
+    or " (custom loss weights)"."""
+    from ffsd_tf.recipes import WEIGHT_SET_LABELS, named_set
 
     weights = run_loss_weights(run)
     label = method_label(run["model"])
-    name = named_set(weights, list(weights))  # the recipe first: "paper" only where they differ
-    if name == "recipe" and named_set(weights, list(weights), among=("paper",)) is None:
-        return f"{label} (recipe)"
-    return label if name is not None or not weights else f"{label} (custom loss weights)"
+    if not weights or named_set(weights, list(weights), among=("paper",)) is not None:
+        return label  # the paper's (also where a named set equals it on every term used)
+    name = named_set(weights, list(weights))
+    return f"{label} ({WEIGHT_SET_LABELS[name]})" if name is not None else f"{label} (custom loss weights)"
 
 
 def method_label(model: dict) -> str:

@@ -38,9 +38,10 @@ Komodakis). The teacher runs in inference mode, has no trainable variables and n
 The ``w_*`` are loss-weight schedules of the epoch (the paper's warm-up is one), held in
 non-trainable variables that ``set_epoch`` updates. ``FFSD.fit`` calls it at the start of every
 epoch itself (Keras' ``on_epoch_begin`` hook), so a plain ``fit(ds, epochs=N)`` trains with the
-schedules and logs each weight (``weights/<name>``) in its history. Two named sets:
-``RECIPE_LOSS_WEIGHTS`` (the Python API's default: every KL term warmed up too) and
-``PAPER_LOSS_WEIGHTS`` (the authors' code; the CLI's flag defaults), both in ``ffsd_tf.recipes``.
+schedules and logs each weight (``weights/<name>``) in its history. Named sets, in
+``ffsd_tf.recipes``: ``RECIPE_LOSS_WEIGHTS`` (the Python API's default: no mutual KL, the fusion
+and leader KL warmed up), ``PAPER_LOSS_WEIGHTS`` (the authors' code; the CLI's flag defaults) and
+``KL_WARMUP_LOSS_WEIGHTS`` (the paper's with every KL term warmed up).
 
 Python API (README "Use it from Python")::
 
@@ -83,7 +84,8 @@ ROLES = ("students", "leader", "fusion", "decoders")
 
 def loss_weight_schedules(values: Mapping[str, float] | None = None, schedules: Mapping[str, str] | None = None,
                           base: str = "paper"):
-    """name -> callable(epoch) = value * schedule(epoch); ``base`` ("paper" or "recipe") fills the rest."""
+    """name -> callable(epoch) = value * schedule(epoch); ``base`` (a ``NAMED_LOSS_WEIGHTS`` key:
+    "paper", "recipe", "kl_warmup") fills the rest."""
     values, schedules = dict(values or {}), dict(schedules or {})
     unknown = (set(values) | set(schedules)) - set(LOSS_WEIGHTS)
     if unknown:
@@ -213,7 +215,7 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         backbone, a functional ``keras.Model`` returning ``{"logits", "features"}`` (see
         ``ffsd_tf.networks.custom``; its input shape and class count are read off it). ``options``:
         any ``FFSDConfig`` field (``num_classes``, ``input_shape``, ``num_students``...).
-        ``loss_weights``: ``"recipe"`` (default), ``"paper"``, or a mapping over the recipe (name ->
+        ``loss_weights``: ``"recipe"`` (default), ``"paper"``, ``"kl_warmup"``, or a mapping over the recipe (name ->
         number, ``(value, "schedule")`` or callable of the 1-based epoch; see ``LOSS_WEIGHTS``).
         A backbone the cohort cannot use is a one-line ``ValueError`` here.
         """

@@ -52,21 +52,26 @@ def test_fit_without_callbacks_logs_the_clis_loss_weights(tmp_path):
     assert set(cli) == {"weights/kl", "weights/fusion_kl", "weights/leader_kl", "weights/diversity",
                         "weights/fusion", "weights/self_distillation"}
     assert api == cli
-    warm = [np.exp(-5 * (1 - e / 5) ** 2) for e in (1, 2, 3)]  # every recipe term is warmed up over 5 epochs
-    np.testing.assert_allclose(cli["weights/kl"], warm, rtol=1e-6)
+    warm = [np.exp(-5 * (1 - e / 5) ** 2) for e in (1, 2, 3)]  # the recipe warms its terms up over 5 epochs
+    np.testing.assert_allclose(cli["weights/kl"], [0.0, 0.0, 0.0])  # but has no mutual KL
+    np.testing.assert_allclose(cli["weights/leader_kl"], warm, rtol=1e-6)
     np.testing.assert_allclose(cli["weights/self_distillation"], np.multiply(warm, 1000.0), rtol=1e-6)
 
 
-def test_named_weight_sets_differ_only_in_the_kl_warm_up():
-    paper = FFSD(FFSDConfig(model="resnet8", num_classes=4, input_shape=(16, 16, 3)), loss_weights="paper")
-    recipe = FFSD(FFSDConfig(model="resnet8", num_classes=4, input_shape=(16, 16, 3)))
-    p, r = paper.set_epoch(1), recipe.set_epoch(1)
-    for key in ("kl", "fusion_kl", "leader_kl"):
-        assert p[key] == PAPER_LOSS_WEIGHTS[key][0] == 1.0 and r[key] == pytest.approx(np.exp(-5 * 0.64))
+def test_named_weight_sets_differ_only_in_the_kl_terms():
+    config = FFSDConfig(model="resnet8", num_classes=4, input_shape=(16, 16, 3))
+    paper, recipe = FFSD(config, loss_weights="paper"), FFSD(config)
+    warmed = FFSD(config, loss_weights="kl_warmup")
+    p, r, w = paper.set_epoch(1), recipe.set_epoch(1), warmed.set_epoch(1)
+    for key in ("fusion_kl", "leader_kl"):
+        assert p[key] == PAPER_LOSS_WEIGHTS[key][0] == 1.0 and r[key] == w[key] == pytest.approx(np.exp(-5 * 0.64))
+    assert p["kl"] == 1.0 and w["kl"] == pytest.approx(np.exp(-5 * 0.64)) and r["kl"] == 0.0
     for key in ("diversity", "fusion", "self_distillation"):
-        assert p[key] == r[key]
-    assert paper.set_epoch(5) == recipe.set_epoch(5)  # warm-ups over: the paper's values
-    assert {k: v[0] for k, v in RECIPE_LOSS_WEIGHTS.items()} == {k: v[0] for k, v in PAPER_LOSS_WEIGHTS.items()}
+        assert p[key] == r[key] == w[key]
+    assert paper.set_epoch(5) == warmed.set_epoch(5)  # warm-ups over: the paper's values
+    assert recipe.set_epoch(5) == {**paper.set_epoch(5), "kl": 0.0}  # the recipe: no mutual KL
+    assert {k: v[0] for k, v in RECIPE_LOSS_WEIGHTS.items()} == {**{k: v[0] for k, v in PAPER_LOSS_WEIGHTS.items()},
+                                                                 "kl": 0.0}
     custom = FFSD("resnet8", num_classes=4, input_shape=(16, 16, 3),
                   loss_weights={"kl": 0.5, "fusion": (3.0, "linear_warmup:2"), "diversity": lambda e: e * 1e-6})
     values = custom.set_epoch(1)
