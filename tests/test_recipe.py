@@ -1,15 +1,18 @@
-"""The robust recipe (experiments/recipes/robust.flags): it parses, and every loss weight follows
-its schedule, epoch by epoch, through the CLI's own flag-to-schedule path."""
+"""The robust recipe (experiments/recipes/robust.flags): it parses, every loss weight follows its
+schedule, epoch by epoch, through the CLI's own flag-to-schedule path, and without the mutual KL
+common student 1 trains exactly as the network alone."""
 
+import json
 import math
 import os
 
+import numpy as np
 import pytest
 from absl import flags
 
 from ffsd_tf import flags as ffsd_flags
 from ffsd_tf.trainer import LOSS_WEIGHTS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 FLAGS = flags.FLAGS
 RECIPE = os.path.join(ROOT, "experiments", "recipes", "robust.flags")
@@ -77,3 +80,24 @@ def test_the_flagfile_and_the_python_api_default_are_one_recipe(recipe_flags, ep
     cli, api = ffsd_flags.weight_schedules(), loss_weight_schedules(base="recipe")
     for name in LOSS_WEIGHTS:
         assert cli[name](epoch) == api[name](epoch), name
+
+
+def test_with_the_recipe_common_student_1_trains_as_the_network_alone(tmp_path):
+    """No mutual KL: student 1 gets no signal from the cohort (the diversity term acts on students
+    2..n, the decoders' and the leader's terms never reach it), so from the same seed it takes the
+    CE baseline's steps: the same losses and accuracies, epoch by epoch (RESULTS.md, "The recipe").
+    Fails if any cohort term leaks into student 1 (e.g. the recipe's mutual KL back at 1)."""
+    small = ["--dataset=synthetic", "--synthetic_classes=4", "--synthetic_train=96", "--synthetic_test=32",
+             "--image_size=16", "--batch_size=32", "--model=resnet8", "--epochs=2", "--milestones=",
+             "--verbose=quiet", "--seed=3", "--deterministic"]
+    ce = ["--num_students=1", "--noleader", "--nomutual_learning", "--diversity=none", "--self_distillation=none"]
+    runs = {"ce": ce, "ffsd": [f"--flagfile={RECIPE}", "--num_students=2"]}
+    history = {}
+    for name, extra in runs.items():
+        proc = run_cli([*extra, *small, f"--output_dir={tmp_path / name}"])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        history[name] = json.loads((tmp_path / name / "history.json").read_text())
+    for key in ("student1/ce", "student1/acc", "val_student1/acc", "val_student1/loss"):
+        alone = [h[key] for h in history["ce"]]
+        in_cohort = [h[key] for h in history["ffsd"]]
+        np.testing.assert_allclose(in_cohort, alone, rtol=1e-5, err_msg=key)
