@@ -55,7 +55,7 @@ EXPECTED_OWNERS = {
 
 @pytest.fixture(scope="module")
 def cohort3():
-    model = FFSD(FFSDConfig(num_students=3, **TINY))
+    model = FFSD(FFSDConfig(num_students=3, **TINY), loss_weights="paper")  # every term weighted (the recipe's mutual KL is 0)
     model.set_epoch(10)
     return model
 
@@ -208,7 +208,7 @@ def test_each_optimizer_applies_exactly_its_own_update(rng):
     """After one train_step, every variable moved by its own role's torch-style update, once."""
     from ffsd_tf.optimizers import TorchAdam, TorchSGD
 
-    model = FFSD(FFSDConfig(num_students=2, **TINY))
+    model = FFSD(FFSDConfig(num_students=2, **TINY), loss_weights="paper")  # every term weighted
     model.set_epoch(10)
     hyper = {"students": (0.1, 1e-4), "leader": (0.05, 2e-4), "fusion": (0.2, 1e-5), "decoders": (1e-3, 1e-4)}
     opts = {r: TorchSGD(lr, momentum=0.9, nesterov=True, weight_decay=wd) for r, (lr, wd) in hyper.items() if r != "decoders"}

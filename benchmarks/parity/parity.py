@@ -143,7 +143,7 @@ class Harness:
         config = FFSDConfig(model=model, num_classes=10, input_shape=(32, 32, 3), num_students=n,
                             mutual_learning=ffsd, leader=ffsd, fusion=ffsd,
                             diversity="attention" if ffsd else "none", self_distillation="both" if ffsd else "none")
-        self.model = FFSD(config)
+        self.model = FFSD(config, loss_weights="paper")  # not the default (the user recipe: no mutual KL)
         self.model.set_epoch(1000)  # every scheduled weight at its full value: the paper's weights
 
         def schedule(base):
