@@ -237,10 +237,9 @@ class CollapseWarning(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         model, logs = self.model, logs or {}
         config = model.config
-        if epoch != 0 or config.num_students < 2 or not config.mutual_learning:
+        # No mutual KL, or one of weight 0 (the recipe): whatever it measured moved nothing.
+        if epoch != 0 or config.num_students < 2 or not config.mutual_learning or not model.loss_weight_vars["kl"].numpy():
             return
-        if float(model.loss_weight_vars["kl"].numpy()) == 0.0:
-            return  # the mutual KL had no weight: whatever it measured moved nothing
         classes = config.num_classes
         chance_ce = math.log(classes)
         students = [f"student{i + 1}" for i in range(config.num_students)]

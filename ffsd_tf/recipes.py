@@ -42,8 +42,8 @@ KL_WARMUP_LOSS_WEIGHTS = {
 }
 RECIPE_LOSS_WEIGHTS = {**KL_WARMUP_LOSS_WEIGHTS, "kl": (0.0, "constant")}
 NAMED_LOSS_WEIGHTS = {"recipe": RECIPE_LOSS_WEIGHTS, "kl_warmup": KL_WARMUP_LOSS_WEIGHTS, "paper": PAPER_LOSS_WEIGHTS}
-# How a report names a run's set (``named_set`` tries them in this order).
-WEIGHT_SET_LABELS = {"recipe": "recipe", "kl_warmup": "KL warm-up", "paper": None}
+# How a report names a run of a set other than the paper's (tried in this order).
+WEIGHT_SET_LABELS = {"recipe": "recipe", "kl_warmup": "KL warm-up"}
 
 
 def active_loss_weights(config: Mapping) -> list[str]:

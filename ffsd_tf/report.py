@@ -160,7 +160,7 @@ def method_with_weights(run: dict) -> str:
     label = method_label(run["model"])
     if not weights or named_set(weights, list(weights), among=("paper",)) is not None:
         return label  # the paper's (also where a named set equals it on every term used)
-    name = named_set(weights, list(weights))
+    name = named_set(weights, list(weights), among=tuple(WEIGHT_SET_LABELS))
     return f"{label} ({WEIGHT_SET_LABELS[name]})" if name is not None else f"{label} (custom loss weights)"
 
 
