@@ -92,10 +92,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     epoch = int(model.epoch.numpy())
-    model.set_epoch(max(epoch, 1))
+    weights = model.set_epoch(max(epoch, 1))
     batches = iter(bundle.train_stream(max(epoch - 1, 0)))
     per_batch = [term_gradients(model, *next(batches)[:2]) for _ in range(args.batches)]
-    weights = {k: round(float(v.numpy()), 6) for k, v in model.loss_weight_vars.items()}
     print(f"{checkpoint} (epoch {epoch}; weights {', '.join(f'{k}={weights[k]:g}' for k in model.active_loss_weights)}); "
           f"{args.batches} training batches of {bundle.batch_size}")
     print("\n| term | weighted gradient norm | / CE's | cosine with CE's |\n|---|---:|---:|---:|")

@@ -12,7 +12,7 @@ from absl import flags
 
 from ffsd_tf import flags as ffsd_flags
 from ffsd_tf.trainer import LOSS_WEIGHTS
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, SYNTHETIC, run_cli
 
 FLAGS = flags.FLAGS
 RECIPE = os.path.join(ROOT, "experiments", "recipes", "robust.flags")
@@ -87,9 +87,7 @@ def test_with_the_recipe_common_student_1_trains_as_the_network_alone(tmp_path):
     2..n, the decoders' and the leader's terms never reach it), so from the same seed it takes the
     CE baseline's steps: the same losses and accuracies, epoch by epoch (RESULTS.md, "The recipe").
     Fails if any cohort term leaks into student 1 (e.g. the recipe's mutual KL back at 1)."""
-    small = ["--dataset=synthetic", "--synthetic_classes=4", "--synthetic_train=96", "--synthetic_test=32",
-             "--image_size=16", "--batch_size=32", "--model=resnet8", "--epochs=2", "--milestones=",
-             "--verbose=quiet", "--seed=3", "--deterministic"]
+    small = [*SYNTHETIC, "--epochs=2", "--milestones=", "--verbose=quiet", "--seed=3", "--deterministic"]
     ce = ["--num_students=1", "--noleader", "--nomutual_learning", "--diversity=none", "--self_distillation=none"]
     runs = {"ce": ce, "ffsd": [f"--flagfile={RECIPE}", "--num_students=2"]}
     history = {}
