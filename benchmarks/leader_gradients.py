@@ -22,14 +22,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# term of ``compute_losses`` -> the loss weight that multiplies it in the leader's loss (None: 1).
-LEADER_TERMS = {
-    "leader/ce": None,
-    "leader/kl": "leader_kl",
-    "leader/fusion_feature": "fusion",
-    "leader/fusion_sigma": "fusion",
-    "leader/sd": "fusion",
-}
+
+def leader_terms(model) -> dict:
+    """The leader's terms in this cohort -> the loss weight multiplying each (None: 1), from the
+    trainer's table ``ffsd_tf.loss_terms.LOSS_TERMS``."""
+    import dataclasses
+
+    from ffsd_tf import loss_terms
+
+    return {f"leader/{t.name}": t.weight for t in loss_terms.terms_of(dataclasses.asdict(model.config), "leader")}
 
 
 def term_gradients(model, images, labels) -> dict:
@@ -41,11 +42,10 @@ def term_gradients(model, images, labels) -> dict:
     with tf.GradientTape(persistent=True) as tape:
         _, terms, _ = model.compute_losses(images, labels, training=True)
     weights = {k: float(v.numpy()) for k, v in model.loss_weight_vars.items()}
+    table = leader_terms(model)
     out = {}
-    for name in [*LEADER_TERMS, "leader/loss"]:
-        if name not in terms:
-            continue
-        scale = 1.0 if LEADER_TERMS.get(name) is None else weights[LEADER_TERMS[name]]
+    for name in [*table, "leader/loss"]:
+        scale = 1.0 if table.get(name) is None else weights[table[name]]
         grads = tape.gradient(terms[name], variables)
         out[name] = [tf.zeros_like(v) if g is None else scale * g for g, v in zip(grads, variables)]
     del tape

@@ -14,8 +14,8 @@ Every FFSD loss weight is ``value * schedule(epoch)`` (``schedules.parse_weight_
 * ``KL_WARMUP_LOSS_WEIGHTS``: the paper's values with every KL term warmed up over 5 epochs (the
   recipe before the budget study; DML's weights in it). Named so reports can tell its runs apart.
 
-``active_loss_weights`` says which weights a cohort's terms use (the trainer logs those as
-``weights/<name>``; the report names a run's set from them).
+Which weights a cohort's terms use is ``loss_terms.active_loss_weights`` (the trainer logs those
+as ``weights/<name>``; the report names a run's set from them).
 """
 
 from __future__ import annotations
@@ -44,28 +44,6 @@ RECIPE_LOSS_WEIGHTS = {**KL_WARMUP_LOSS_WEIGHTS, "kl": (0.0, "constant")}
 NAMED_LOSS_WEIGHTS = {"recipe": RECIPE_LOSS_WEIGHTS, "kl_warmup": KL_WARMUP_LOSS_WEIGHTS, "paper": PAPER_LOSS_WEIGHTS}
 # How a report names a run of a set other than the paper's (tried in this order).
 WEIGHT_SET_LABELS = {"recipe": "recipe", "kl_warmup": "KL warm-up"}
-
-
-def active_loss_weights(config: Mapping) -> list[str]:
-    """The weights some loss term of a cohort uses; ``config``: ``FFSDConfig``'s fields as a dict."""
-    n = int(config.get("num_students", 2))
-    leader = bool(config.get("leader", True))
-    fusion = leader and bool(config.get("fusion", True))
-    diversity, sd = config.get("diversity", "attention"), config.get("self_distillation", "both")
-    teacher_terms = str(config.get("teacher_loss", "kd")).split("_") if config.get("teacher") else []
-    student_decoders = diversity == "attention" and sd in ("both", "students") and n >= 2
-    leader_decoder = fusion and sd in ("both", "leader")
-    used = {
-        "kl": bool(config.get("mutual_learning", True)) and n > 1,
-        "fusion_kl": fusion,
-        "leader_kl": leader,
-        "diversity": n > 1 and diversity != "none",
-        "fusion": fusion,
-        "self_distillation": student_decoders or leader_decoder,
-        "teacher_kd": "kd" in teacher_terms,
-        "teacher_at": "at" in teacher_terms,
-    }
-    return [k for k in LOSS_WEIGHTS if used[k]]
 
 
 def named_set(weights: Mapping[str, tuple], active, among=("recipe", "kl_warmup", "paper")) -> str | None:

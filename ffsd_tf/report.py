@@ -195,7 +195,8 @@ def method_label(model: dict) -> str:
 
 def run_loss_weights(run: dict) -> dict:
     """The loss weights a run's terms use: name -> (value, schedule spec), from its flags."""
-    from ffsd_tf.recipes import PAPER_LOSS_WEIGHTS, active_loss_weights
+    from ffsd_tf.loss_terms import active_loss_weights
+    from ffsd_tf.recipes import PAPER_LOSS_WEIGHTS
 
     out = {}
     for k in active_loss_weights(run["model"]):

@@ -19,7 +19,10 @@ decoders    every SD decoder                              Adam 1e-3, coupled L2 
 (One optimizer per role equals one per network: slots are per variable and every network steps
 every iteration.)
 
-Losses per network, as coded by the authors (see ``docs/paper_vs_code.md``):
+Losses per network, as coded by the authors (see ``docs/paper_vs_code.md``); the table
+``loss_terms.LOSS_TERMS`` (model, term, weight) is their single statement: ``compute_losses``
+computes each model's unweighted terms and sums them weighted as its rows say, and the training
+metrics are its rows:
 
 * student i:   CE + w_kl * T^2 * mean_{j!=i} KL(p_j || p_i)                        (Eq. 2)
                + w_div * [Eq. 9 last-layer diversity vs student i-1                (Eq. 11)
@@ -59,7 +62,7 @@ from typing import Callable, Mapping
 import keras
 import tensorflow as tf
 
-from ffsd_tf import losses
+from ffsd_tf import loss_terms, losses
 from ffsd_tf.attention import diversity_feature_target, loss_float
 from ffsd_tf.fusion import build_fusion_module, build_trans_fusion
 from ffsd_tf.keras_adapter import KerasPrivateOverrides
@@ -70,7 +73,6 @@ from ffsd_tf.recipes import (  # noqa: F401  (re-exported: the trainer's public 
     NAMED_LOSS_WEIGHTS,
     PAPER_LOSS_WEIGHTS,
     RECIPE_LOSS_WEIGHTS,
-    active_loss_weights,
 )
 from ffsd_tf.schedules import parse_weight_schedule
 from ffsd_tf.self_distillation import build_sd_decoder
@@ -311,9 +313,14 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         return [v for m in self.role_models[role] for v in m.trainable_variables]
 
     @property
+    def _config_fields(self) -> dict:
+        """The config as the dict ``loss_terms`` reads a cohort's terms from."""
+        return dataclasses.asdict(self.config)
+
+    @property
     def active_loss_weights(self) -> list[str]:
         """The loss weights some term of this cohort uses (logged per epoch as ``weights/<name>``)."""
-        return active_loss_weights(dataclasses.asdict(self.config))
+        return loss_terms.active_loss_weights(self._config_fields)
 
     @property
     def active_roles(self) -> list[str]:
@@ -422,33 +429,17 @@ class FFSD(KerasPrivateOverrides, keras.Model):
 
     # ------------------------------------------------------------------ metrics
     def _make_trackers(self):
+        """Training metrics: every model's loss and terms (``loss_terms.metric_names``) and
+        accuracy; evaluation: accuracy and CE of every model with a classifier."""
         c = self.config
-        train, evaluation = [], []
-        for i in range(c.num_students):
-            s = student_name(i)
-            train += [f"{s}/loss", f"{s}/acc", f"{s}/ce"]
-            if c.mutual_learning and c.num_students > 1:
-                train.append(f"{s}/kl")
-            if (i >= 1 and c.diversity == "attention") or (c.diversity == "l2" and c.num_students > 1):
-                train.append(f"{s}/diversity")
-            if i >= 1 and c.student_decoders:
-                train.append(f"{s}/sd_diversity")
-            train += [f"{s}/teacher_{k}" for k in self._teacher_terms]
-            evaluation += [f"{s}/acc", f"{s}/loss"]
-        if c.fusion:
-            train += ["fusion/loss", "fusion/acc", "fusion/ce", "fusion/kl"]
-            evaluation += ["fusion/acc", "fusion/loss"]
-        if c.leader:
-            train += ["leader/loss", "leader/acc", "leader/ce", "leader/kl"]
-            if c.fusion:
-                train += ["leader/fusion_feature", "leader/fusion_sigma"]
-            if c.leader_decoder:
-                train.append("leader/sd")
-            evaluation += ["leader/acc", "leader/loss"]
+        train = loss_terms.metric_names(self._config_fields)
+        evaluation = []
+        classified = [student_name(i) for i in range(c.num_students)] + ["fusion"] * c.fusion + ["leader"] * c.leader
+        for name in classified:
+            train.insert(train.index(f"{name}/loss") + 1, f"{name}/acc")
+            evaluation += [f"{name}/acc", f"{name}/loss"]
         if c.teacher is not None:
             evaluation += ["teacher/acc", "teacher/loss"]
-        for owner in self.sd_decoders:
-            train.append(f"sd_{owner}/loss")
         if c.num_students > 1:
             evaluation += ["students_mean/acc", "ensemble/acc", "ens_any/acc"]
         train.append("loss")
@@ -468,13 +459,14 @@ class FFSD(KerasPrivateOverrides, keras.Model):
     def compute_losses(self, images, labels, training: bool = True):
         """One forward pass of the cohort; returns ``(per_role_loss, terms, logits)``.
 
-        ``per_role_loss[role]`` is the sum of the losses whose gradient belongs to that role;
-        ``terms`` maps metric names (``student2/diversity``...) to unweighted values.
+        Each model's unweighted terms are computed here; its loss is their weighted sum as the
+        table ``loss_terms.LOSS_TERMS`` says (``model_loss``). ``per_role_loss[role]`` sums the
+        losses whose gradient belongs to that role; ``terms`` maps metric names to values:
+        ``<model>/<term>`` unweighted (``student2/diversity``...) and ``<model>/loss`` weighted.
         """
         c = self.config
         t = c.temperature
-        terms: dict[str, tf.Tensor] = {}
-        role_loss = {r: [] for r in ROLES}
+        raw: dict[str, dict[str, tf.Tensor]] = {}  # model name -> its unweighted terms
         logits: dict[str, tf.Tensor] = {}
 
         outs = [s(images, training=training) for s in self.common_students]
@@ -491,41 +483,25 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         for i in range(c.num_students):
             s = student_name(i)
             logits[s] = z[i]
-            ce = losses.cross_entropy(z[i], labels)
-            terms[f"{s}/ce"] = ce
-            total = ce
+            own = raw[s] = {"ce": losses.cross_entropy(z[i], labels)}
             if c.mutual_learning and c.num_students > 1:
                 kl = tf.add_n([losses.distillation_kl(z[i], z[j], t) for j in range(c.num_students) if j != i])
-                kl = kl / float(c.num_students - 1)
-                terms[f"{s}/kl"] = kl
-                total += w["kl"] * kl
+                own["kl"] = kl / float(c.num_students - 1)
             if i >= 1 and c.diversity == "attention":
-                div = losses.diversity_loss(feats[i][-1], feats[i - 1][-1])
-                terms[f"{s}/diversity"] = div
-                total += w["diversity"] * div
+                own["diversity"] = losses.diversity_loss(feats[i][-1], feats[i - 1][-1])
                 if c.student_decoders:
                     target_input = tf.stop_gradient(diversity_feature_target(feats[i - 1][-1]))
                     decoded = _stage_list(self.sd_decoders[s](target_input, training=False))
-                    sd_div = losses.sd_target_loss(feats[i][:-1], decoded)
-                    terms[f"{s}/sd_diversity"] = sd_div
-                    total += w["diversity"] * sd_div
+                    own["sd_diversity"] = losses.sd_target_loss(feats[i][:-1], decoded)
             elif c.diversity == "l2" and c.num_students > 1:
                 # Eq. (6) sums over ordered pairs: every student pushes away from every peer.
-                div = tf.add_n(
+                own["diversity"] = tf.add_n(
                     [losses.l2_diversity_loss(feats[i], feats[j]) for j in range(c.num_students) if j != i]
                 )
-                terms[f"{s}/diversity"] = div
-                total += w["diversity"] * div
             if "kd" in self._teacher_terms:
-                kd = losses.distillation_kl(z[i], z_teacher, t)
-                terms[f"{s}/teacher_kd"] = kd
-                total += w["teacher_kd"] * kd
+                own["teacher_kd"] = losses.distillation_kl(z[i], z_teacher, t)
             if "at" in self._teacher_terms:
-                at = losses.attention_transfer_loss(feats[i], f_teacher)
-                terms[f"{s}/teacher_at"] = at
-                total += w["teacher_at"] * at
-            terms[f"{s}/loss"] = total
-            role_loss["students"].append(total)
+                own["teacher_at"] = losses.attention_transfer_loss(feats[i], f_teacher)
 
         z_ensemble = tf.stop_gradient(tf.add_n([loss_float(v) for v in z]) / float(c.num_students))
 
@@ -535,43 +511,38 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             fo = self.fusion(f_e, training=training)
             z_f, f_fused = fo["logits"], fo["fused"]
             logits["fusion"] = z_f
-            ce = losses.cross_entropy(z_f, labels)
-            kl = losses.distillation_kl(z_f, z_ensemble, t)
-            terms.update({"fusion/ce": ce, "fusion/kl": kl})
-            terms["fusion/loss"] = ce + w["fusion_kl"] * kl
-            role_loss["fusion"].append(terms["fusion/loss"])
+            raw["fusion"] = {"ce": losses.cross_entropy(z_f, labels), "kl": losses.distillation_kl(z_f, z_ensemble, t)}
 
         # Leader (Eqs. 5, 13, 14).
         if c.leader:
             lo = self.leader(images, training=training)
             z_0, f_0 = lo["logits"], lo["features"]
             logits["leader"] = z_0
-            ce = losses.cross_entropy(z_0, labels)
-            kl = losses.distillation_kl(z_0, z_f if c.fusion else z_ensemble, t)
-            terms.update({"leader/ce": ce, "leader/kl": kl})
-            total = ce + w["leader_kl"] * kl
+            own = raw["leader"] = {
+                "ce": losses.cross_entropy(z_0, labels),
+                "kl": losses.distillation_kl(z_0, z_f if c.fusion else z_ensemble, t),
+            }
             if c.fusion:
-                feature = losses.attention_loss(f_0[-1], tf.stop_gradient(f_fused))
-                sigma = self.trans_fusion(f_0[-1], training=training)
-                sigma_term = losses.attention_loss(sigma, f_e)
-                terms.update({"leader/fusion_feature": feature, "leader/fusion_sigma": sigma_term})
-                total += w["fusion"] * (feature + sigma_term)
+                own["fusion_feature"] = losses.attention_loss(f_0[-1], tf.stop_gradient(f_fused))
+                own["fusion_sigma"] = losses.attention_loss(self.trans_fusion(f_0[-1], training=training), f_e)
                 if c.leader_decoder:
                     decoded = _stage_list(self.sd_decoders["leader"](tf.stop_gradient(f_fused), training=False))
-                    sd = losses.sd_target_loss(f_0[:-1], decoded)
-                    terms["leader/sd"] = sd
-                    total += w["fusion"] * sd
-            terms["leader/loss"] = total
-            role_loss["leader"].append(total)
+                    own["sd"] = losses.sd_target_loss(f_0[:-1], decoded)
 
         # Decoders' own training (Eq. 10), after they were applied in inference mode above.
         for owner, decoder in self.sd_decoders.items():
-            own = f_0 if owner == "leader" else feats[int(owner[len("student"):]) - 1]
-            decoded = _stage_list(decoder(tf.stop_gradient(own[-1]), training=training))
-            sd = losses.decoder_loss(decoded, [tf.stop_gradient(f) for f in own[:-1]])
-            terms[f"sd_{owner}/loss"] = w["self_distillation"] * sd
-            role_loss["decoders"].append(w["self_distillation"] * sd)
+            maps = f_0 if owner == "leader" else feats[int(owner[len("student"):]) - 1]
+            decoded = _stage_list(decoder(tf.stop_gradient(maps[-1]), training=training))
+            raw[f"sd_{owner}"] = {"sd": losses.decoder_loss(decoded, [tf.stop_gradient(f) for f in maps[:-1]])}
 
+        # Each model's loss: its terms weighted as the table says, routed to its role's optimizer.
+        terms: dict[str, tf.Tensor] = {}
+        role_loss = {r: [] for r in ROLES}
+        for name, kind, index in loss_terms.models(self._config_fields):
+            total = loss_terms.model_loss(raw[name], w, loss_terms.terms_of(self._config_fields, kind, index), name)
+            terms[f"{name}/loss"] = total
+            terms.update({f"{name}/{k}": v for k, v in raw[name].items()})
+            role_loss[loss_terms.ROLE_OF[kind]].append(total)
         per_role = {r: tf.add_n(v) for r, v in role_loss.items() if v}
         return per_role, terms, logits
 
