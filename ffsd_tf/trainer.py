@@ -431,11 +431,10 @@ class FFSD(KerasPrivateOverrides, keras.Model):
     def _make_trackers(self):
         """Training metrics: every model's loss and terms (``loss_terms.metric_names``) and
         accuracy; evaluation: accuracy and CE of every model with a classifier."""
-        c = self.config
-        train = loss_terms.metric_names(self._config_fields)
+        c, fields = self.config, self._config_fields
+        train = loss_terms.metric_names(fields)
         evaluation = []
-        classified = [student_name(i) for i in range(c.num_students)] + ["fusion"] * c.fusion + ["leader"] * c.leader
-        for name in classified:
+        for name in [name for name, kind, _ in loss_terms.models(fields) if kind != "decoder"]:  # the classifiers
             train.insert(train.index(f"{name}/loss") + 1, f"{name}/acc")
             evaluation += [f"{name}/acc", f"{name}/loss"]
         if c.teacher is not None:
@@ -538,8 +537,9 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         # Each model's loss: its terms weighted as the table says, routed to its role's optimizer.
         terms: dict[str, tf.Tensor] = {}
         role_loss = {r: [] for r in ROLES}
-        for name, kind, index in loss_terms.models(self._config_fields):
-            total = loss_terms.model_loss(raw[name], w, loss_terms.terms_of(self._config_fields, kind, index), name)
+        fields = self._config_fields
+        for name, kind, index in loss_terms.models(fields):
+            total = loss_terms.model_loss(raw[name], w, loss_terms.terms_of(fields, kind, index), name)
             terms[f"{name}/loss"] = total
             terms.update({f"{name}/{k}": v for k, v in raw[name].items()})
             role_loss[loss_terms.ROLE_OF[kind]].append(total)
