@@ -485,7 +485,7 @@ class RunConfig:
 # Cohort fields set by a flag of the same name (num_classes and input_shape come from the data,
 # teacher from --teacher_run's config.json).
 _COHORT_FLAGS = ("model", "num_students", "temperature", "mutual_learning", "leader", "fusion", "diversity",
-                 "self_distillation", "sync_batchnorm", "teacher_loss")
+                 "self_distillation", "sync_batchnorm", "teacher_loss", "leader_kl_mask")
 
 
 def flag_value(name: str, value):

@@ -15,7 +15,7 @@ from absl import flags
 from ffsd_tf.config import ConfigError, LossWeights, RunConfig, default, flag_value
 from ffsd_tf.data import DATASETS
 from ffsd_tf.distribute import PRECISIONS, STRATEGIES
-from ffsd_tf.trainer import DIVERSITY_MODES, LOSS_WEIGHTS, PAPER_LOSS_WEIGHTS, SD_MODES, TEACHER_LOSSES
+from ffsd_tf.trainer import DIVERSITY_MODES, LEADER_KL_MASKS, LOSS_WEIGHTS, PAPER_LOSS_WEIGHTS, SD_MODES, TEACHER_LOSSES
 
 FLAGS = flags.FLAGS
 FlagError = ConfigError  # a flag value or combination that cannot run; the message is one actionable line
@@ -59,6 +59,9 @@ flags.DEFINE_enum("diversity", default("diversity"),
 flags.DEFINE_enum("self_distillation", default("self_distillation"),
                   SD_MODES, "Which self-distillation decoders to train (Table VI).")
 flags.DEFINE_float("temperature", default("temperature"), "Distillation temperature T.")
+flags.DEFINE_enum("leader_kl_mask", default("leader_kl_mask"), LEADER_KL_MASKS,
+                  "The leader's KL (Eq. 14) on every sample (none, the paper) or only where its teacher "
+                  "is right (teacher_correct; not in the paper).")
 flags.DEFINE_string("teacher_run", default("teacher_run"),
                     "Run directory of a trained network to distil offline into the common students "
                     "(Table II's KD / AT; needs --noleader): its leader, or its student1 if it had none.")

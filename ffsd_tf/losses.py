@@ -20,18 +20,29 @@ def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     )
 
 
-def distillation_kl(student_logits: tf.Tensor, teacher_logits: tf.Tensor, temperature: float) -> tf.Tensor:
+def distillation_kl(student_logits: tf.Tensor, teacher_logits: tf.Tensor, temperature: float,
+                    sample_mask: tf.Tensor | None = None) -> tf.Tensor:
     """``T^2 * KL(p_teacher || p_student)`` at temperature T (Eq. 3 times T^2; KLDivLoss batchmean).
 
     Sum over classes, mean over the batch; the teacher is stop-gradiented. Written with
     log-softmax on both sides (no probability clipping, unlike ``keras.losses.KLDivergence``).
+    ``sample_mask`` (0/1 per sample; not in the paper) keeps only those samples' KL and still
+    divides by the batch size, so a sample's pull does not grow when fewer samples are kept.
     """
     t = float(temperature)
     teacher = tf.stop_gradient(loss_float(teacher_logits)) / t
     log_p_teacher = tf.nn.log_softmax(teacher, axis=-1)
     log_p_student = tf.nn.log_softmax(loss_float(student_logits) / t, axis=-1)
     kl = tf.reduce_sum(tf.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
+    if sample_mask is not None:
+        kl = kl * tf.stop_gradient(tf.cast(sample_mask, kl.dtype))
     return t * t * tf.reduce_mean(kl)
+
+
+def teacher_correct(teacher_logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """1.0 where the teacher's top class is the label, else 0.0 (per sample; no gradient)."""
+    top = tf.argmax(tf.stop_gradient(teacher_logits), axis=-1, output_type=tf.int32)
+    return tf.cast(tf.equal(top, tf.cast(tf.reshape(labels, tf.shape(top)), tf.int32)), tf.float32)
 
 
 def normalized_mse(x: tf.Tensor, target: tf.Tensor) -> tf.Tensor:

@@ -180,7 +180,8 @@ def method_label(model: dict) -> str:
         return label if diversity == "none" else f"{label} + {diversity} diversity"
     if not fusion:
         label = "DML + leader" if mutual else "leader (no mutual learning)"
-        return label if diversity == "none" else f"{label} + {diversity} diversity"
+        label = label if diversity == "none" else f"{label} + {diversity} diversity"
+        return label + _leader_kl_mask_label(model)
     label = "FFSD" if mutual else "FFSD (no mutual learning)"
     if diversity == "l2":
         label += " with L2 diversity"
@@ -190,7 +191,11 @@ def method_label(model: dict) -> str:
         label += " w/o SD"
     elif sd != "both" and (diversity == "attention" or sd == "leader"):
         label += f" SD on {sd} only"
-    return label
+    return label + _leader_kl_mask_label(model)
+
+
+def _leader_kl_mask_label(model: dict) -> str:
+    return " + teacher-correct leader KL" if model.get("leader_kl_mask", "none") == "teacher_correct" else ""
 
 
 def run_loss_weights(run: dict) -> dict:

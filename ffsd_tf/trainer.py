@@ -80,6 +80,7 @@ from ffsd_tf.self_distillation import build_sd_decoder
 DIVERSITY_MODES = ("attention", "l2", "none")
 SD_MODES = ("both", "students", "leader", "none")
 TEACHER_LOSSES = ("kd", "at", "kd_at")
+LEADER_KL_MASKS = ("none", "teacher_correct")
 ROLES = ("students", "leader", "fusion", "decoders")
 # The loss weights (PAPER_LOSS_WEIGHTS, RECIPE_LOSS_WEIGHTS...) live in ffsd_tf.recipes.
 
@@ -158,6 +159,10 @@ class FFSDConfig:
     * ``teacher``: the backbone of a fixed, trained teacher distilled offline into every common
       student (``teacher_loss``: "kd", "at" or "kd_at"); needs ``leader=False``. Its weights
       come from another run (``rundir.load_teacher``) and are checkpointed with this run.
+    * ``leader_kl_mask``: "none" (the paper: Eq. 14's KL on every sample) or "teacher_correct"
+      (not in the paper: the leader's KL only on the samples its teacher classifies correctly,
+      so a wrong teacher never pulls against the label; the other samples add 0, the mean stays
+      over the whole batch).
     """
 
     model: str = "resnet32"
@@ -173,6 +178,7 @@ class FFSDConfig:
     sync_batchnorm: bool = False
     teacher: str | None = None
     teacher_loss: str = "kd"
+    leader_kl_mask: str = "none"
 
     def __post_init__(self):
         if self.num_students < 1:
@@ -187,6 +193,10 @@ class FFSDConfig:
             object.__setattr__(self, "fusion", False)
         if self.teacher_loss not in TEACHER_LOSSES:
             raise ValueError(f"teacher_loss must be one of {TEACHER_LOSSES}, got {self.teacher_loss!r}")
+        if self.leader_kl_mask not in LEADER_KL_MASKS:
+            raise ValueError(f"leader_kl_mask must be one of {LEADER_KL_MASKS}, got {self.leader_kl_mask!r}")
+        if self.leader_kl_mask != "none" and not self.leader:
+            raise ValueError("leader_kl_mask masks the leader's KL; there is no leader (leader=False)")
         if self.teacher is not None and self.leader:
             raise ValueError("an offline teacher is distilled into the common students only; use leader=False")
 
@@ -517,9 +527,11 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             lo = self.leader(images, training=training)
             z_0, f_0 = lo["logits"], lo["features"]
             logits["leader"] = z_0
+            z_teach = z_f if c.fusion else z_ensemble
+            mask = losses.teacher_correct(z_teach, labels) if c.leader_kl_mask == "teacher_correct" else None
             own = raw["leader"] = {
                 "ce": losses.cross_entropy(z_0, labels),
-                "kl": losses.distillation_kl(z_0, z_f if c.fusion else z_ensemble, t),
+                "kl": losses.distillation_kl(z_0, z_teach, t, sample_mask=mask),
             }
             if c.fusion:
                 own["fusion_feature"] = losses.attention_loss(f_0[-1], tf.stop_gradient(f_fused))
