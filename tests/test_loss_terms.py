@@ -100,3 +100,41 @@ def test_model_loss_sums_in_table_order_with_weights():
     assert loss_terms.model_loss({"ce": 1.0, "kl": 2.0}, {"fusion_kl": 0.25}, rows) == 1.5
     with pytest.raises(ValueError, match="fusion"):
         loss_terms.model_loss({"ce": 1.0}, {"fusion_kl": 0.25}, rows, "fusion")
+
+
+def test_the_leaders_kl_is_masked_to_the_samples_its_teacher_gets_right():
+    """leader_kl_mask="teacher_correct": the leader's Eq. 14 KL only where the fusion classifier's
+    top class is the label (NumPy, from the logits of the same forward pass); "none" keeps all."""
+    images, _ = batch()
+    model = FFSD(FFSDConfig(**TINY, leader_kl_mask="teacher_correct"), loss_weights=WEIGHTS)
+    model.set_epoch(3)
+    _, _, logits = model.compute_losses(images, tf.zeros([6], tf.int32), training=True)
+    z_f = logits["fusion"].numpy()
+    labels = z_f.argmax(axis=-1)
+    labels[:3] = (labels[:3] + 1) % 10  # the teacher is wrong on 3 samples, right on 3
+    _, terms, logits = model.compute_losses(images, tf.constant(labels.astype(np.int32)), training=True)
+    np.testing.assert_allclose(logits["fusion"].numpy(), z_f, rtol=1e-5)
+    t = model.config.temperature
+
+    def log_softmax(z):
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    lt, ls = log_softmax(z_f / t), log_softmax(logits["leader"].numpy() / t)
+    per_sample = t * t * (np.exp(lt) * (lt - ls)).sum(axis=-1)
+    assert float(terms["leader/kl"]) == pytest.approx(per_sample[3:].sum() / 6, rel=1e-4)
+    assert float(terms["leader/kl"]) < per_sample.mean()
+    # The leader's loss still weights its KL with lambda_leader_kl (the table's row).
+    assert float(terms["leader/loss"]) == pytest.approx(
+        float(terms["leader/ce"]) + WEIGHTS["leader_kl"] * float(terms["leader/kl"])
+        + WEIGHTS["fusion"] * sum(float(terms[f"leader/{k}"]) for k in ("fusion_feature", "fusion_sigma", "sd")),
+        rel=1e-5)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(leader_kl_mask="wrong_only"), "leader_kl_mask must be one of"),
+    (dict(leader_kl_mask="teacher_correct", leader=False), "there is no leader"),
+])
+def test_a_bad_leader_kl_mask_is_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        FFSDConfig(**TINY, **options)

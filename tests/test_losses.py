@@ -223,3 +223,28 @@ def test_targets_are_stop_gradiented(rng):
         value = losses.distillation_kl(zs, zt, 2.0)
     gs, gt = tape.gradient(value, [zs, zt])
     assert gs is not None and gt is None
+
+
+def test_teacher_correct_mask_and_masked_kl_match_numpy(rng):
+    """--leader_kl_mask=teacher_correct (not in the paper): per-sample T^2 KL kept where the
+    teacher's top class is the label, summed over the kept samples and divided by the batch size."""
+    s, te = rng.normal(size=(2, 8, 5)) * 3
+    y = te.argmax(axis=-1)
+    y[::2] = (y[::2] + 1) % 5  # the teacher is wrong on the even samples, right on the odd ones
+    mask = losses.teacher_correct(tf32(te), tf.constant(y)).numpy()
+    np.testing.assert_array_equal(mask, (te.argmax(axis=-1) == y).astype(np.float32))
+    assert mask.tolist() == [0.0, 1.0] * 4
+    t = 3.0
+    lt, ls = np_log_softmax(te / t), np_log_softmax(s / t)
+    per_sample = t * t * (np.exp(lt) * (lt - ls)).sum(axis=-1)
+    masked = losses.distillation_kl(tf32(s), tf32(te), t, sample_mask=tf.constant(mask)).numpy()
+    np.testing.assert_allclose(masked, (per_sample * mask).sum() / len(y), rtol=TOL)
+    assert masked < losses.distillation_kl(tf32(s), tf32(te), t).numpy()
+    # Masked samples get no gradient; kept ones get the unmasked KL's gradient / 1 (same batch mean).
+    zs = tf.Variable(tf32(s))
+    with tf.GradientTape(persistent=True) as tape:
+        full = losses.distillation_kl(zs, tf32(te), t)
+        part = losses.distillation_kl(zs, tf32(te), t, sample_mask=tf.constant(mask))
+    g_full, g_part = tape.gradient(full, zs).numpy(), tape.gradient(part, zs).numpy()
+    np.testing.assert_array_equal(g_part[::2], 0.0)
+    np.testing.assert_allclose(g_part[1::2], g_full[1::2], rtol=1e-5)

@@ -278,3 +278,15 @@ def test_cosine_matches_numpy_and_is_one_for_identical_students(runs, tmp_path):
     same = report.run_cosines(str(twin))
     for key in ("cosine", "cosine_attention", "cosine_softmax"):
         assert same[key] == pytest.approx(1.0, abs=1e-5), key
+
+
+def test_a_masked_leader_kl_is_its_own_method():
+    """Runs with --leader_kl_mask=teacher_correct are named (and so grouped) apart from the rest."""
+    from ffsd_tf.report import method_label
+
+    cohort = {"leader": True, "fusion": True, "mutual_learning": True, "diversity": "attention"}
+    assert method_label(cohort) == "FFSD"
+    assert method_label({**cohort, "leader_kl_mask": "none"}) == "FFSD"
+    assert method_label({**cohort, "leader_kl_mask": "teacher_correct"}) == "FFSD + teacher-correct leader KL"
+    assert method_label({**cohort, "fusion": False, "leader_kl_mask": "teacher_correct"}) == (
+        "DML + leader + attention diversity + teacher-correct leader KL")
