@@ -196,7 +196,7 @@ class FFSDConfig:
         if self.leader_kl_mask not in LEADER_KL_MASKS:
             raise ValueError(f"leader_kl_mask must be one of {LEADER_KL_MASKS}, got {self.leader_kl_mask!r}")
         if self.leader_kl_mask != "none" and not self.leader:
-            raise ValueError("leader_kl_mask masks the leader's KL; there is no leader (leader=False)")
+            raise ValueError("leader_kl_mask masks the leader's KL: it needs leader=True, or leader_kl_mask=none")
         if self.teacher is not None and self.leader:
             raise ValueError("an offline teacher is distilled into the common students only; use leader=False")
 

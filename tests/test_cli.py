@@ -129,6 +129,8 @@ def test_resume_refuses_another_configuration(finished_run, tmp_path):
         ("--no_such_flag=1", "no_such_flag"),
         ("--diversity=cosine", "diversity"),
         ("--self_distillation=leader --noleader", "needs a leader"),
+        ("--leader_kl_mask=teacher_correct --noleader", "--leader_kl_mask masks the leader's KL: it needs leader=True"),
+        ("--leader_kl_mask=wrong_only", "--leader_kl_mask=wrong_only"),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_clear_line(tmp_path, flag, needle):

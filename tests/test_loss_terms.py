@@ -133,7 +133,7 @@ def test_the_leaders_kl_is_masked_to_the_samples_its_teacher_gets_right():
 
 @pytest.mark.parametrize("options, message", [
     (dict(leader_kl_mask="wrong_only"), "leader_kl_mask must be one of"),
-    (dict(leader_kl_mask="teacher_correct", leader=False), "there is no leader"),
+    (dict(leader_kl_mask="teacher_correct", leader=False), "needs leader=True"),
 ])
 def test_a_bad_leader_kl_mask_is_refused(options, message):
     with pytest.raises(ValueError, match=message):
