@@ -41,7 +41,7 @@ def distillation_kl(student_logits: tf.Tensor, teacher_logits: tf.Tensor, temper
 
 def teacher_correct(teacher_logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """1.0 where the teacher's top class is the label, else 0.0 (per sample; no gradient)."""
-    top = tf.argmax(tf.stop_gradient(teacher_logits), axis=-1, output_type=tf.int32)
+    top = tf.argmax(teacher_logits, axis=-1, output_type=tf.int32)  # argmax has no gradient
     return tf.cast(tf.equal(top, tf.cast(tf.reshape(labels, tf.shape(top)), tf.int32)), tf.float32)
 
 

@@ -165,7 +165,13 @@ def method_with_weights(run: dict) -> str:
 
 
 def method_label(model: dict) -> str:
-    """A short name of the training method of a cohort config (the paper's column names)."""
+    """A short name of the training method of a cohort config (the paper's column names), with
+    " + teacher-correct leader KL" for ``leader_kl_mask="teacher_correct"`` (not in the paper)."""
+    masked = model.get("leader_kl_mask", "none") == "teacher_correct"
+    return _cohort_label(model) + (" + teacher-correct leader KL" if masked else "")
+
+
+def _cohort_label(model: dict) -> str:
     leader, fusion = model.get("leader", True), model.get("fusion", True)
     mutual, diversity = model.get("mutual_learning", True), model.get("diversity", "attention")
     sd = model.get("self_distillation", "both")
@@ -180,8 +186,7 @@ def method_label(model: dict) -> str:
         return label if diversity == "none" else f"{label} + {diversity} diversity"
     if not fusion:
         label = "DML + leader" if mutual else "leader (no mutual learning)"
-        label = label if diversity == "none" else f"{label} + {diversity} diversity"
-        return label + _leader_kl_mask_label(model)
+        return label if diversity == "none" else f"{label} + {diversity} diversity"
     label = "FFSD" if mutual else "FFSD (no mutual learning)"
     if diversity == "l2":
         label += " with L2 diversity"
@@ -191,11 +196,7 @@ def method_label(model: dict) -> str:
         label += " w/o SD"
     elif sd != "both" and (diversity == "attention" or sd == "leader"):
         label += f" SD on {sd} only"
-    return label + _leader_kl_mask_label(model)
-
-
-def _leader_kl_mask_label(model: dict) -> str:
-    return " + teacher-correct leader KL" if model.get("leader_kl_mask", "none") == "teacher_correct" else ""
+    return label
 
 
 def run_loss_weights(run: dict) -> dict:
