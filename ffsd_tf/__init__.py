@@ -25,6 +25,7 @@ _API = {
     "LOSS_WEIGHTS": "ffsd_tf.trainer",
     "PAPER_LOSS_WEIGHTS": "ffsd_tf.trainer",
     "RECIPE_LOSS_WEIGHTS": "ffsd_tf.trainer",
+    "RECIPE_OPTIONS": "ffsd_tf.trainer",
     "paper_optimizers": "ffsd_tf.optimizers",
     "from_keras": "ffsd_tf.networks.custom",
     "load_dataset": "ffsd_tf.data",

@@ -11,6 +11,9 @@ Every FFSD loss weight is ``value * schedule(epoch)`` (``schedules.parse_weight_
   end only ~0.5 points above them; independent students leave the fusion classifier 1-2 points
   above, and the leader learns more from it. Without the mutual KL nothing can blow up in the first
   steps either (RESULTS.md, follow-up 3); the warm-ups keep the other two KL terms gentle.
+  The recipe is these weights and ``RECIPE_OPTIONS``: the leader's KL (Eq. 14) only on the samples
+  its teacher classifies correctly (``leader_kl_mask="teacher_correct"``; RESULTS.md, "The leader's
+  KL mask"), so a wrong fusion classifier never pulls the leader away from the label.
 * ``KL_WARMUP_LOSS_WEIGHTS``: the paper's values with every KL term warmed up over 5 epochs (the
   recipe before the budget study; DML's weights in it). Named so reports can tell its runs apart.
 
@@ -41,9 +44,26 @@ KL_WARMUP_LOSS_WEIGHTS = {
     key: (value, "exp_warmup:5" if key in KL_WEIGHTS else spec) for key, (value, spec) in PAPER_LOSS_WEIGHTS.items()
 }
 RECIPE_LOSS_WEIGHTS = {**KL_WARMUP_LOSS_WEIGHTS, "kl": (0.0, "constant")}
+# The recipe's cohort options beyond the weights (FFSDConfig fields; the paper's values are the
+# FFSDConfig defaults, "none" here). FFSD applies them where it builds the config itself
+# (``recipe_options``); robust.flags sets the same flag.
+RECIPE_OPTIONS = {"leader_kl_mask": "teacher_correct"}
 NAMED_LOSS_WEIGHTS = {"recipe": RECIPE_LOSS_WEIGHTS, "kl_warmup": KL_WARMUP_LOSS_WEIGHTS, "paper": PAPER_LOSS_WEIGHTS}
 # How a report names a run of a set other than the paper's (tried in this order).
 WEIGHT_SET_LABELS = {"recipe": "recipe", "kl_warmup": "KL warm-up"}
+
+
+def recipe_options(loss_weights, options: Mapping) -> dict:
+    """``options`` (FFSDConfig fields given to FFSD) with the recipe's where the caller gave none:
+    for ``loss_weights`` "recipe" (or None) or a mapping (weights over the recipe), not for "paper" or
+    "kl_warmup". The leader's KL mask only where there is a leader (``leader`` defaults to True)."""
+    if not (loss_weights is None or loss_weights == "recipe" or isinstance(loss_weights, Mapping)):
+        return dict(options)
+    out = dict(options)
+    if options.get("leader", True):
+        for key, value in RECIPE_OPTIONS.items():
+            out.setdefault(key, value)
+    return out
 
 
 def named_set(weights: Mapping[str, tuple], active, among=("recipe", "kl_warmup", "paper")) -> str | None:

@@ -153,14 +153,20 @@ def load_run(path: str) -> dict:
 def method_with_weights(run: dict) -> str:
     """``method_label`` plus the loss-weight set when it is not the paper's: " (recipe)" or
     " (KL warm-up)" (that set's weights on every term the method uses; ``recipes.WEIGHT_SET_LABELS``)
-    or " (custom loss weights)"."""
-    from ffsd_tf.recipes import WEIGHT_SET_LABELS, named_set
+    or " (custom loss weights)". The recipe is its weights and, with a leader, its options
+    (``recipes.RECIPE_OPTIONS``): "FFSD (recipe)"; its weights without them are
+    "FFSD (recipe weights, leader KL unmasked)" (the recipe before the mask)."""
+    from ffsd_tf.recipes import RECIPE_OPTIONS, WEIGHT_SET_LABELS, named_set
 
     weights = run_loss_weights(run)
     label = method_label(run["model"])
     if not weights or named_set(weights, list(weights), among=("paper",)) is not None:
         return label  # the paper's (also where a named set equals it on every term used)
     name = named_set(weights, list(weights), among=tuple(WEIGHT_SET_LABELS))
+    if name == "recipe" and run["model"].get("leader", True):
+        if all(run["model"].get(k, "none") == v for k, v in RECIPE_OPTIONS.items()):
+            return f"{_cohort_label(run['model'])} (recipe)"
+        return f"{label} (recipe weights, leader KL unmasked)"
     return f"{label} ({WEIGHT_SET_LABELS[name]})" if name is not None else f"{label} (custom loss weights)"
 
 

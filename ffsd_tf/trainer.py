@@ -43,8 +43,9 @@ non-trainable variables that ``set_epoch`` updates. ``FFSD.fit`` calls it at the
 epoch itself (Keras' ``on_epoch_begin`` hook), so a plain ``fit(ds, epochs=N)`` trains with the
 schedules and logs each weight (``weights/<name>``) in its history. Named sets, in
 ``ffsd_tf.recipes``: ``RECIPE_LOSS_WEIGHTS`` (the Python API's default: no mutual KL, the fusion
-and leader KL warmed up), ``PAPER_LOSS_WEIGHTS`` (the authors' code; the CLI's flag defaults) and
-``KL_WARMUP_LOSS_WEIGHTS`` (the paper's with every KL term warmed up).
+and leader KL warmed up; with ``RECIPE_OPTIONS``, the leader's teacher-correct KL mask),
+``PAPER_LOSS_WEIGHTS`` (the authors' code; the CLI's flag defaults) and ``KL_WARMUP_LOSS_WEIGHTS``
+(the paper's with every KL term warmed up).
 
 Python API (README "Use it from Python")::
 
@@ -73,6 +74,8 @@ from ffsd_tf.recipes import (  # noqa: F401  (re-exported: the trainer's public 
     NAMED_LOSS_WEIGHTS,
     PAPER_LOSS_WEIGHTS,
     RECIPE_LOSS_WEIGHTS,
+    RECIPE_OPTIONS,
+    recipe_options,
 )
 from ffsd_tf.schedules import parse_weight_schedule
 from ffsd_tf.self_distillation import build_sd_decoder
@@ -229,11 +232,16 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         any ``FFSDConfig`` field (``num_classes``, ``input_shape``, ``num_students``...).
         ``loss_weights``: ``"recipe"`` (default), ``"paper"``, ``"kl_warmup"``, or a mapping over the recipe (name ->
         number, ``(value, "schedule")`` or callable of the 1-based epoch; see ``LOSS_WEIGHTS``).
+        With the recipe (or a mapping over it) and a name or backbone, the recipe's cohort options
+        (``RECIPE_OPTIONS``: the leader's teacher-correct KL mask) are the defaults of ``options``;
+        pass ``leader_kl_mask="none"`` for the paper's Eq. 14. An ``FFSDConfig`` is taken as written.
         A backbone the cohort cannot use is a one-line ``ValueError`` here.
         """
         bad = set(options) - {f.name for f in dataclasses.fields(FFSDConfig)}
         if bad:
             raise ValueError(f"unknown FFSD options {sorted(bad)}; known: the fields of FFSDConfig")
+        if not isinstance(config, FFSDConfig):
+            options = recipe_options(loss_weights, options)
         self._network_factory = None
         if isinstance(config, keras.Model):
             backbone = custom.as_backbone(config)

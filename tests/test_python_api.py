@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import pytest
 
-from ffsd_tf import FFSD, FFSDConfig, PAPER_LOSS_WEIGHTS, RECIPE_LOSS_WEIGHTS, export_model, from_keras, load_dataset
+from ffsd_tf import (FFSD, FFSDConfig, PAPER_LOSS_WEIGHTS, RECIPE_LOSS_WEIGHTS, RECIPE_OPTIONS, export_model, from_keras,
+                     load_dataset)
 from ffsd_tf.optimizers import TorchAdam, TorchSGD
 from tests.conftest import ROOT
 SYNTHETIC = dict(synthetic_classes=4, synthetic_train=96, synthetic_test=32, batch_size=32, image_size=16)
@@ -52,6 +53,8 @@ def test_fit_without_callbacks_logs_the_clis_loss_weights(tmp_path):
     assert set(cli) == {"weights/kl", "weights/fusion_kl", "weights/leader_kl", "weights/diversity",
                         "weights/fusion", "weights/self_distillation"}
     assert api == cli
+    cli_mask = json.loads((out / "config.json").read_text())["model"]["leader_kl_mask"]
+    assert cli_mask == model.config.leader_kl_mask == "teacher_correct"  # and the same leader KL mask
     warm = [np.exp(-5 * (1 - e / 5) ** 2) for e in (1, 2, 3)]  # the recipe warms its terms up over 5 epochs
     np.testing.assert_allclose(cli["weights/kl"], [0.0, 0.0, 0.0])  # but has no mutual KL
     np.testing.assert_allclose(cli["weights/leader_kl"], warm, rtol=1e-6)
@@ -80,6 +83,22 @@ def test_named_weight_sets_differ_only_in_the_kl_terms():
         FFSD("resnet8", num_classes=4, input_shape=(16, 16, 3), loss_weights={"klx": 1.0})
     with pytest.raises(ValueError, match="named set"):
         FFSD("resnet8", num_classes=4, input_shape=(16, 16, 3), loss_weights="robust")
+
+
+def test_the_recipes_leader_kl_mask_is_the_default_where_ffsd_builds_the_config():
+    """FFSD("name") / FFSD(backbone) with the recipe (or weights over it) masks the leader's KL as
+    robust.flags does; the paper's weights, no leader, an explicit option or a written FFSDConfig
+    keep what they say."""
+    shape = {"num_classes": 4, "input_shape": (16, 16, 3)}
+    mask = lambda model: model.config.leader_kl_mask  # noqa: E731
+    assert mask(FFSD("resnet8", **shape)) == RECIPE_OPTIONS["leader_kl_mask"] == "teacher_correct"
+    assert mask(FFSD("resnet8", **shape, loss_weights={"fusion": 3.0})) == "teacher_correct"
+    assert mask(FFSD(mobilenet_backbone())) == "teacher_correct"
+    assert mask(FFSD("resnet8", **shape, loss_weights="paper")) == "none"
+    assert mask(FFSD("resnet8", **shape, loss_weights="kl_warmup")) == "none"
+    assert mask(FFSD("resnet8", **shape, leader_kl_mask="none")) == "none"
+    assert mask(FFSD("resnet8", **shape, leader=False)) == "none"  # no leader, no mask (and no error)
+    assert mask(FFSD(FFSDConfig(model="resnet8", **shape))) == "none"  # a config is taken as written
 
 
 def test_compile_without_arguments_gives_the_papers_optimizers():

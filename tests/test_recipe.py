@@ -1,5 +1,6 @@
 """The robust recipe (experiments/recipes/robust.flags): it parses, every loss weight follows its
-schedule, epoch by epoch, through the CLI's own flag-to-schedule path, and without the mutual KL
+schedule, epoch by epoch, through the CLI's own flag-to-schedule path, it masks the leader's KL as
+the Python API's default does, and without the mutual KL
 common student 1 trains exactly as the network alone."""
 
 import json
@@ -80,6 +81,20 @@ def test_the_flagfile_and_the_python_api_default_are_one_recipe(recipe_flags, ep
     cli, api = ffsd_flags.weight_schedules(), loss_weight_schedules(base="recipe")
     for name in LOSS_WEIGHTS:
         assert cli[name](epoch) == api[name](epoch), name
+
+
+def test_the_flagfile_and_the_python_api_share_the_recipes_cohort_options(recipe_flags):
+    """robust.flags sets every RECIPE_OPTIONS field (the leader's teacher-correct KL mask) to the
+    value FFSD gives it by default; the paper's flagfiles keep the flag's default, the paper's."""
+    from ffsd_tf.recipes import RECIPE_OPTIONS
+
+    assert RECIPE_OPTIONS == {"leader_kl_mask": "teacher_correct"}
+    for key, value in RECIPE_OPTIONS.items():
+        assert getattr(FLAGS, key) == value
+        assert FLAGS[key].default == "none"  # the CLI's default is the paper's
+    FLAGS.unparse_flags()
+    FLAGS(["prog", f"--flagfile={os.path.join(ROOT, 'experiments', 'paper', 'table1_resnet32_ffsd.flags')}"])
+    assert all(getattr(FLAGS, key) == "none" for key in RECIPE_OPTIONS)
 
 
 def test_with_the_recipe_common_student_1_trains_as_the_network_alone(tmp_path):

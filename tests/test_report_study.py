@@ -2,7 +2,7 @@
 each named by its loss-weight set; the leader's gain over CE and over DML; wall time and train acc.
 
 Four real runs (ResNet-8, a small synthetic task, 2 epochs, seed 1): CE, DML with its KL
-warm-up, FFSD with the paper's weights and FFSD with the recipe. Expected values are recomputed
+warm-up, FFSD with the paper's weights and FFSD with the recipe (its weights and leader KL mask). Expected values are recomputed
 from each run's own results.json and history.json.
 """
 
@@ -93,21 +93,29 @@ def test_the_markdown_summary_has_both_gains(study):
     assert cells[-2].startswith(("+", "-")) and cells[-1].startswith(("+", "-"))  # gain vs CE, gain vs DML
 
 
-@pytest.mark.parametrize("flags,label", [
-    ({}, "FFSD"),
-    ({"lambda_kl": "0", "lambda_fusion_kl_schedule": "exp_warmup:5",
-      "lambda_leader_kl_schedule": "exp_warmup:5"}, "FFSD (recipe)"),
-    ({"lambda_kl": "0", "lambda_kl_schedule": "exp_warmup:5", "lambda_fusion_kl_schedule": "exp_warmup:5",
-      "lambda_leader_kl_schedule": "exp_warmup:5"}, "FFSD (recipe)"),  # a weight of 0 has no schedule
+RECIPE_WEIGHTS = {"lambda_kl": "0", "lambda_fusion_kl_schedule": "exp_warmup:5", "lambda_leader_kl_schedule": "exp_warmup:5"}
+
+
+@pytest.mark.parametrize("flags,mask,label", [
+    ({}, "none", "FFSD"),
+    (RECIPE_WEIGHTS, "teacher_correct", "FFSD (recipe)"),
+    ({**RECIPE_WEIGHTS, "lambda_kl_schedule": "exp_warmup:5"}, "teacher_correct",
+     "FFSD (recipe)"),  # a weight of 0 has no schedule
+    (RECIPE_WEIGHTS, "none", "FFSD (recipe weights, leader KL unmasked)"),  # the recipe before the mask
+    ({}, "teacher_correct", "FFSD + teacher-correct leader KL"),
     ({"lambda_kl_schedule": "exp_warmup:5", "lambda_fusion_kl_schedule": "exp_warmup:5",
-      "lambda_leader_kl_schedule": "exp_warmup:5"}, "FFSD (KL warm-up)"),
-    ({"lambda_kl_schedule": "exp_warmup:5"}, "FFSD (custom loss weights)"),
-    ({"lambda_kl": "0"}, "FFSD (custom loss weights)"),
-    ({"lambda_fusion": "3"}, "FFSD (custom loss weights)"),
+      "lambda_leader_kl_schedule": "exp_warmup:5"}, "none", "FFSD (KL warm-up)"),
+    ({"lambda_kl_schedule": "exp_warmup:5"}, "none", "FFSD (custom loss weights)"),
+    ({"lambda_kl": "0"}, "teacher_correct", "FFSD + teacher-correct leader KL (custom loss weights)"),
+    ({"lambda_fusion": "3"}, "none", "FFSD (custom loss weights)"),
 ])
-def test_method_names_its_loss_weight_set(flags, label):
+def test_method_names_its_loss_weight_set(flags, mask, label):
     model = {"model": "resnet8", "num_students": 2, "leader": True, "fusion": True, "mutual_learning": True,
-             "diversity": "attention", "self_distillation": "both"}
+             "diversity": "attention", "self_distillation": "both", "leader_kl_mask": mask}
     assert method_with_weights({"model": model, "flags": flags}) == label
-    ce = {**model, "num_students": 1, "leader": False, "mutual_learning": False, "diversity": "none"}
+    ce = {**model, "num_students": 1, "leader": False, "mutual_learning": False, "diversity": "none",
+          "leader_kl_mask": "none"}
     assert method_with_weights({"model": ce, "flags": flags}) == "CE baseline"  # no loss weight: no suffix
+    dml = {**ce, "num_students": 2, "mutual_learning": True}
+    if flags == RECIPE_WEIGHTS:  # no leader, so no mask: the recipe's weights are the recipe
+        assert method_with_weights({"model": dml, "flags": flags}) == "DML (recipe)"
