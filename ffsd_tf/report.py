@@ -107,6 +107,12 @@ def _read_json(path: str):
         raise ReportError(f"cannot read {path} ({e.strerror or e})") from None
 
 
+# Cohort fields added to config.json after runs were made, with the value those runs trained with
+# (FFSDConfig's default; tests/test_report.py holds them equal): a run directory written before a
+# field existed groups with the runs that state it.
+LATER_COHORT_DEFAULTS = {"leader_kl_mask": "none"}
+
+
 def load_run(path: str) -> dict:
     """One finished run: ``{"dir", "model", "dataset", "results", "flags", "seed"}``; ReportError if it is not one.
 
@@ -141,7 +147,7 @@ def load_run(path: str) -> dict:
     seed = run_settings.get("seed")
     return {
         "dir": path,
-        "model": config["model"],
+        "model": {**LATER_COHORT_DEFAULTS, **config["model"]},
         "dataset": config["dataset"],
         "results": results,
         "flags": {k: value_text(v) for k, v in run_settings.items()},

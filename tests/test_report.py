@@ -6,6 +6,7 @@ Expected numbers are recomputed here with NumPy from each run's results.json and
 """
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -290,3 +291,22 @@ def test_a_masked_leader_kl_is_its_own_method():
     assert method_label({**cohort, "leader_kl_mask": "teacher_correct"}) == "FFSD + teacher-correct leader KL"
     assert method_label({**cohort, "fusion": False, "leader_kl_mask": "teacher_correct"}) == (
         "DML + leader + attention diversity + teacher-correct leader KL")
+
+
+def test_a_run_made_before_a_cohort_field_existed_groups_with_the_runs_that_state_it(runs, tmp_path):
+    """config.json of a run made before --leader_kl_mask existed has no such key: the run trained
+    with the field's default and groups with a run that states it (one group of 2, not 2 of 1)."""
+    from ffsd_tf.report import LATER_COHORT_DEFAULTS
+    from ffsd_tf.trainer import FFSDConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(FFSDConfig)}
+    assert LATER_COHORT_DEFAULTS == {k: defaults[k] for k in LATER_COHORT_DEFAULTS}
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(runs["ffsd1"], old)
+    shutil.copytree(runs["ffsd2"], new)
+    config = json.loads((old / "config.json").read_text())
+    for key in LATER_COHORT_DEFAULTS:
+        del config["model"][key]
+    (old / "config.json").write_text(json.dumps(config))
+    groups = report_json(str(old), str(new))["groups"]
+    assert [g["num_runs"] for g in groups] == [2]
