@@ -57,13 +57,10 @@ def recipe_options(loss_weights, options: Mapping) -> dict:
     """``options`` (FFSDConfig fields given to FFSD) with the recipe's where the caller gave none:
     for ``loss_weights`` "recipe" (or None) or a mapping (weights over the recipe), not for "paper" or
     "kl_warmup". The leader's KL mask only where there is a leader (``leader`` defaults to True)."""
-    if not (loss_weights is None or loss_weights == "recipe" or isinstance(loss_weights, Mapping)):
+    over_recipe = loss_weights is None or loss_weights == "recipe" or isinstance(loss_weights, Mapping)
+    if not (over_recipe and options.get("leader", True)):
         return dict(options)
-    out = dict(options)
-    if options.get("leader", True):
-        for key, value in RECIPE_OPTIONS.items():
-            out.setdefault(key, value)
-    return out
+    return {**RECIPE_OPTIONS, **options}
 
 
 def named_set(weights: Mapping[str, tuple], active, among=("recipe", "kl_warmup", "paper")) -> str | None:

@@ -170,7 +170,7 @@ def method_with_weights(run: dict) -> str:
         return label  # the paper's (also where a named set equals it on every term used)
     name = named_set(weights, list(weights), among=tuple(WEIGHT_SET_LABELS))
     if name == "recipe" and run["model"].get("leader", True):
-        if all(run["model"].get(k, "none") == v for k, v in RECIPE_OPTIONS.items()):
+        if all(run["model"].get(k) == v for k, v in RECIPE_OPTIONS.items()):
             return f"{_cohort_label(run['model'])} (recipe)"
         return f"{label} (recipe weights, leader KL unmasked)"
     return f"{label} ({WEIGHT_SET_LABELS[name]})" if name is not None else f"{label} (custom loss weights)"
