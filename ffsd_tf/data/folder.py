@@ -12,10 +12,11 @@ with ``--seed``, so runs with different seeds are evaluated on the same images. 
 
 Files: ``.jpg .jpeg .png .bmp .gif`` (any case; a class folder is searched recursively, without
 following links to folders; other and hidden files are ignored; a GIF gives its first frame),
-decoded by ``tf.io.decode_image``. Every image is resized to ``image_size`` x ``image_size``
-(default ``DEFAULT_IMAGE_SIZE``; bilinear with antialiasing, the aspect ratio is not kept) and
-rounded to uint8, so the dataset becomes the same in-memory uint8
-:class:`~ffsd_tf.data.sources.Source` as every other one and gets the project's deterministic,
+decoded and resized to ``image_size`` x ``image_size`` (default ``DEFAULT_IMAGE_SIZE``) by the rules
+of :mod:`ffsd_tf.data.images` (bilinear with antialiasing, the aspect ratio not kept, rounded to
+uint8; the exported ``serving_bytes`` signature applies the same ops). An image over
+``images.MAX_IMAGE_PIXELS`` pixels is refused by its own error before it is decoded. The dataset
+becomes the same in-memory uint8 :class:`~ffsd_tf.data.sources.Source` as every other one and gets the project's deterministic,
 resumable augmentation. Channels come from the data: 1 when every image (of both
 splits) is grayscale, else 3 (grayscale images are then repeated to RGB; an alpha channel is
 dropped). Mean/std: per channel over the training images (``channel_stats``, in chunks).
@@ -30,10 +31,11 @@ import os
 
 import numpy as np
 
+from ffsd_tf.data import images
 from ffsd_tf.data.idx import DataError
 from ffsd_tf.data.sources import Source, error_summary, channel_stats
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = images.IMAGE_EXTENSIONS
 SPLIT_DIRS = ("val", "test")  # the evaluation folder next to train/, first found
 DEFAULT_IMAGE_SIZE = 32  # the CIFAR networks' input size
 SPLIT_SEED = 20240917  # fixed: the held-out images do not depend on --seed
@@ -89,7 +91,8 @@ def _split(files: dict[str, list[str]], fraction: float) -> tuple[list, list]:
 
 
 def _decode(path: str, size: int):
-    """uint8 [size, size, 1 or 3] of the image file ``path``; DataError naming the file if unreadable."""
+    """uint8 [size, size, 1 or 3] of the image file ``path`` (``images.decode_resize``: the rules the
+    SavedModel's ``serving_bytes`` applies too); DataError naming the file if unreadable or too large."""
     import tensorflow as tf
 
     try:
@@ -98,14 +101,14 @@ def _decode(path: str, size: int):
     except OSError as e:
         raise DataError(f"cannot read image {path} ({e.strerror or e}); fix its permissions or remove it") from None
     try:
-        image = tf.io.decode_image(data, expand_animations=False)  # GIF: first frame
-        channels = int(image.shape[-1])
-        if channels in (2, 4):  # drop alpha
-            image = image[..., : channels - 1]
-        if image.shape[0] == 0 or image.shape[1] == 0:
-            raise ValueError("the image is empty")
-        resized = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
-        return np.clip(np.rint(resized.numpy()), 0, 255).astype(np.uint8)
+        pixels = int(images.header_pixels(data))
+    except tf.errors.OpError:
+        pixels = 0  # an unreadable header: decoding below names the file as corrupt
+    if pixels > images.MAX_IMAGE_PIXELS:
+        raise DataError(f"image {path} has {pixels:,} pixels (width x height), over the limit of "
+                        f"{images.MAX_IMAGE_PIXELS:,}; downscale it (e.g. to 4000 px a side) or remove it")
+    try:
+        return images.decode_resize(data, size).numpy()
     except (tf.errors.OpError, ValueError) as e:
         raise DataError(f"cannot decode image {path} ({error_summary(e)[:120]}); it is corrupt or not an image: "
                         "fix or remove it") from None
