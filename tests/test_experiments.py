@@ -90,3 +90,30 @@ def test_flagfile_runs_one_step(flagfile, monkeypatch, tmp_path):
         assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, net.trainable_variables))
     finally:
         FLAGS.unparse_flags()
+
+
+def test_cifar_r32_flagfile_trains_offline_on_a_cifar100_npz(tmp_path):
+    """The paper's CIFAR-100 entry point with the rebuilt file (../shared/data/cifar100, here a tiny file
+    of its shape): ``--flagfile=experiments/cifar_r32.flags --data_dir=<cifar100.npz>`` trains the
+    flagfile's cohort (ResNet-32, 2 students + leader, 100 classes) from the file, with no download
+    (tensorflow-datasets' folder is pointed at a path that must stay absent); only the budget is
+    shrunk (1 epoch of 8 images)."""
+    import json
+
+    from tests.conftest import child_env, run_cli
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "cifar100.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), y_train=np.arange(8) * 12,
+             x_test=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), y_test=np.arange(4) * 25)
+    out, no_tfds = tmp_path / "run", tmp_path / "no_tfds"
+    proc = run_cli(["--flagfile=experiments/cifar_r32.flags", f"--data_dir={path}", "--epochs=1", "--milestones=",
+                    "--batch_size=4", f"--output_dir={out}", "--verbose=quiet"],
+                   env=child_env(TFDS_DATA_DIR=str(no_tfds)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["data"]["dataset"], config["model"]["model"], config["model"]["num_students"]) == ("cifar100", "resnet32", 2)
+    assert config["dataset"]["num_classes"] == 100 and config["data"]["data_dir"] == str(path)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["accuracy"]) >= {"student1", "student2", "fusion", "leader"}
+    assert not no_tfds.exists()
