@@ -416,14 +416,14 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         (``initial_epoch`` included) the weights for that 1-based epoch are set, no callback needed.
 
         ``verbose="auto"`` (default): the CLI's compact progress (a bar on a terminal, one line per
-        epoch in logs and captured output) and its blow-up warning (``callbacks.CollapseWarning``);
+        epoch in logs and captured output) and its blow-up warning (``progress.CollapseWarning``);
         ``verbose=0/1/2``: Keras' own progress bar, nothing added.
         """
         callbacks = [_FollowLossWeightSchedules(), *(callbacks or [])]
         if args and isinstance(args[0], tf.data.Dataset) or isinstance(kwargs.get("x"), tf.data.Dataset):
             kwargs.setdefault("shuffle", False)  # a dataset is shuffled by its pipeline (Keras would warn)
         if verbose == "auto":
-            from ffsd_tf.callbacks import CollapseWarning, CompactProgress
+            from ffsd_tf.progress import CollapseWarning, CompactProgress
 
             callbacks += [CollapseWarning(), CompactProgress(mode="auto")]
             verbose = 0
