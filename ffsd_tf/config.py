@@ -44,6 +44,8 @@ class DataConfig:
     data_dir: str | None = None
     image_size: int | None = None
     validation_split: float | None = None
+    cache_dir: str | None = None  # --dataset=folder: where its prepared cache lives (None: see folder.py)
+    rebuild_cache: bool = False  # --dataset=folder: prepare the cache again now
     train_subset: int | None = None
     test_subset: int | None = None
     partial_batch: str = "drop_small"
@@ -132,6 +134,7 @@ SECTIONS = {"data": DataConfig, "optimization": OptimizationConfig, "runtime": R
 NEUTRAL = frozenset({
     "output_dir", "resume", "force_resume", "verbose", "eval_batch_size", "export", "export_dir",
     "keep_checkpoints", "eval_every", "epochs", "jit_compile", "strategy", "deterministic", "reexport",
+    "cache_dir", "rebuild_cache",
 })
 
 

@@ -32,6 +32,11 @@ flags.DEFINE_integer("image_size", default("image_size"),
 flags.DEFINE_float("validation_split", default("validation_split"),
                    "--dataset=folder without val/ or test/: the fraction of each class held "
                    "out for evaluation (stratified, fixed: it does not change with --seed).")
+flags.DEFINE_string("cache_dir", default("cache_dir"),
+                    "--dataset=folder: where the prepared cache of decoded, resized images lives (default "
+                    "<data_dir>/.ffsd-cache if writable, else ~/.cache/ffsd-tf).")
+flags.DEFINE_bool("rebuild_cache", default("rebuild_cache"),
+                  "--dataset=folder: prepare the cache again (e.g. after it was reported damaged).")
 flags.DEFINE_integer("train_subset", default("train_subset"),
                      "Use only this many training images (seeded subset).", lower_bound=1)
 flags.DEFINE_integer("test_subset", default("test_subset"),

@@ -529,7 +529,7 @@ def load_teacher(model: FFSD, run_dir: str, dataset: str) -> str:
 # Rebuilt data keeps load_dataset's default batching (what export, report --cosine and visualize
 # have always evaluated with); every other argument is the run's.
 _REBUILD = ("data_dir", "seed", "synthetic_classes", "synthetic_train", "synthetic_test", "image_size", "train_subset",
-            "test_subset", "validation_split")
+            "test_subset", "validation_split", "cache_dir")
 
 
 def load_run_data(run_dir: str, config: RunConfig | None = None, meta: dict | None = None):

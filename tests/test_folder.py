@@ -236,3 +236,154 @@ def test_export_reloads_a_split_folder_as_it_was_trained(tmp_path):
     rundir.write_json_atomic(str(run / rundir.CONFIG), {**config.to_dict(), "dataset": meta})
     bundle = rundir.load_run_data(str(run))
     assert bundle.class_names == CLASSES and (bundle.train_size, bundle.test_size) == (15, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# the prepared cache: streamed batches equal the in-memory ones; reuse, change and damage
+
+
+def _reference(paths, size, channels):
+    """The images decoded one by one by the rules of ``images`` (the in-memory path of before)."""
+    from ffsd_tf.data import images
+
+    return np.stack([images.to_channels(images.decode_resize(tf.io.read_file(str(p)), size), channels).numpy()
+                     for p in paths])
+
+
+def _in_memory(bundle, x_train, x_test):
+    import dataclasses
+
+    from ffsd_tf.data import DataBundle
+
+    fields = {f.name: getattr(bundle, f.name) for f in dataclasses.fields(DataBundle)}
+    return DataBundle(**{**fields, "x_train": x_train, "x_test": x_test})
+
+
+def _batches(ds, n):
+    return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_streaming_from_the_cache_equals_the_in_memory_pipeline(tmp_path, gray):
+    from ffsd_tf.data.base import channel_stats
+
+    make_folder(tmp_path, {"train": 7, "val": 3}, size=(20, 12), gray=gray)
+    bundle = load_dataset("folder", data_dir=str(tmp_path), image_size=8, batch_size=8, partial_batch="keep",
+                          eval_batch_size=4, seed=3)
+    assert not isinstance(bundle.x_train, np.ndarray)  # streamed: the training split is not in memory
+    channels = 1 if gray else 3
+    order = lambda split: sorted((tmp_path / split).rglob("*.png"))  # noqa: E731  (class, then file)
+    x_train, x_test = _reference(order("train"), 8, channels), _reference(order("val"), 8, channels)
+    assert bundle.image_shape == (8, 8, channels)
+    assert (x_train.std(), x_test.std()) != (0, 0)
+    memory = _in_memory(bundle, x_train, x_test)
+    assert type(memory).__name__ == "DataBundle"
+    np.testing.assert_allclose(bundle.mean, channel_stats(x_train)[0], rtol=1e-12)
+    np.testing.assert_allclose(bundle.std, channel_stats(x_train)[1], rtol=1e-12)
+    steps = bundle.steps_per_epoch
+    assert steps == 5  # 35 images, batch 8, the partial batch kept
+    _assert_same(_batches(bundle.train_stream(0), 2 * steps), _batches(memory.train_stream(0), 2 * steps))
+    _assert_same(_batches(bundle.train_stream(1), steps), _batches(memory.train_stream(0).skip(steps), steps))
+    _assert_same(_batches(bundle.test_dataset(), 99), _batches(memory.test_dataset(), 99))
+    raw = [(x[None], y[None]) for x, y in bundle.raw("test").as_numpy_iterator()]
+    _assert_same(raw, [(x[None], y[None]) for x, y in memory.raw("test").as_numpy_iterator()])
+    np.testing.assert_array_equal(bundle.x_train[[4, 0, 4]], x_train[[4, 0, 4]])
+    # A subset is a view of the cache with the in-memory subset's rows.
+    sub = load_dataset("folder", data_dir=str(tmp_path), image_size=8, batch_size=8, train_subset=10, seed=3)
+    ref = load_dataset("folder", data_dir=str(tmp_path), image_size=8, batch_size=8, seed=3)
+    from ffsd_tf.data.pipeline import balanced_subset
+
+    keep = balanced_subset(ref.y_train, 10, 3, 1)
+    memory = _in_memory(sub, x_train[keep], x_test)
+    _assert_same(_batches(sub.train_stream(2), 2), _batches(memory.train_stream(2), 2))
+
+
+def _entry(root: Path) -> Path:
+    (entry,) = [p for p in (root / ".ffsd-cache").iterdir() if p.is_dir()]
+    return entry
+
+
+def test_the_cache_is_reused_and_a_changed_folder_prepared_again(tmp_path, capfd):
+    make_folder(tmp_path, {"train": 3, "val": 1})
+    load = lambda **kw: load_dataset("folder", data_dir=str(tmp_path), image_size=8, **kw)  # noqa: E731
+    load()
+    first = capfd.readouterr().err
+    assert first.count("\n") == 1 and "folder: preparing" in first and "images/s" in first  # no terminal: 1 line
+    index = _entry(tmp_path) / "index.json"
+    stamp = index.stat().st_mtime_ns
+    load()
+    assert capfd.readouterr().err == "" and index.stat().st_mtime_ns == stamp  # from the cache, not decoded
+    write_png(tmp_path / "train" / "cat" / "000.png", images_of(3, 1)[0])  # modified
+    (tmp_path / "train" / "dog" / "001.png").unlink()  # removed
+    write_png(tmp_path / "val" / "eel" / "new.png", images_of(2, 1)[0])  # added
+    bundle = load()
+    err = capfd.readouterr().err
+    assert "changed since its cache was prepared" in err
+    assert "train: 1 removed (train/dog/001.png)" in err and "train: 1 modified (train/cat/000.png)" in err
+    assert "test: 1 added (val/eel/new.png)" in err
+    assert (bundle.train_size, bundle.test_size) == (14, 6)
+    # Another image size is its own entry; the first one stays.
+    load_dataset("folder", data_dir=str(tmp_path), image_size=16)
+    assert len([p for p in (tmp_path / ".ffsd-cache").iterdir() if p.is_dir()]) == 2
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda e: (e / "train-00000.npy").write_bytes((e / "train-00000.npy").read_bytes()[:-5]), "truncated"),
+    (lambda e: (e / "index.json").write_text("{not json"), "index.json is unreadable"),
+    (lambda e: (e / "test-00000.npy").unlink(), "test-00000.npy is missing"),
+    (lambda e: (e / "index.json").write_text(
+        (e / "index.json").read_text().replace('"image_size": 8', '"image_size": 9')), "does not match its key"),
+])
+def test_a_damaged_cache_is_one_line_and_rebuilt_on_request(tmp_path, damage, needle):
+    make_folder(tmp_path, {"train": 2, "val": 1})
+    load_dataset("folder", data_dir=str(tmp_path), image_size=8)
+    entry = _entry(tmp_path)
+    damage(entry)
+    with pytest.raises(DataError, match="--rebuild_cache") as e:
+        load_dataset("folder", data_dir=str(tmp_path), image_size=8)
+    message = str(e.value)
+    assert "\n" not in message and "damaged" in message and str(entry) in message
+    assert needle in message, message
+    bundle = load_dataset("folder", data_dir=str(tmp_path), image_size=8, rebuild_cache=True)
+    assert bundle.train_size == 10 and len(list(tmp_path.rglob("*.png"))) == 15  # the images are untouched
+    assert sorted(p.name for p in (tmp_path / ".ffsd-cache").iterdir()) == sorted([entry.name, entry.name + ".lock"])
+
+
+def test_cache_dir_is_where_the_cache_goes_and_folder_only(tmp_path):
+    make_folder(tmp_path / "data", {"train": 2, "val": 1})
+    load_dataset("folder", data_dir=str(tmp_path / "data"), image_size=8, cache_dir=str(tmp_path / "c"))
+    assert not (tmp_path / "data" / ".ffsd-cache").exists()
+    assert any((tmp_path / "c").glob("8px-val-*/index.json"))
+    with pytest.raises(DataError, match="folder dataset only"):
+        load_dataset("synthetic", cache_dir=str(tmp_path / "c"))
+
+
+def test_the_data_modules_import_no_circle():
+    """No module of ffsd_tf/data imports (at the top or inside a function) one that imports it back."""
+    import ast
+
+    folder = Path(ROOT) / "ffsd_tf" / "data"
+    graph = {}
+    for path in folder.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ffsd_tf.data"):
+                names.add(node.module.split(".")[2] if node.module.count(".") >= 2 else None)
+                if node.module == "ffsd_tf.data":
+                    names.update(a.name for a in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name.split(".")[2] for a in node.names if a.name.startswith("ffsd_tf.data."))
+        graph[path.stem] = {n for n in names if n and n != path.stem and (folder / f"{n}.py").exists()}
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in graph.get(start, ()))
+
+    circles = [m for m in graph if m != "__init__" and reaches(m, m)]
+    assert not circles, {m: graph[m] for m in circles}

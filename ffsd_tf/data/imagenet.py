@@ -50,8 +50,9 @@ import sys
 
 import tensorflow as tf
 
+from ffsd_tf.data.base import batches_per_epoch, error_summary
 from ffsd_tf.data.idx import DataError
-from ffsd_tf.data.sources import error_summary
+from ffsd_tf.data.sources import prepare_offline, tfds_data_dir
 
 NAME = "imagenet2012"
 NUM_CLASSES = 1000
@@ -74,8 +75,6 @@ def open_builder(data_dir: str | None):
     Raises DataError (one line, within seconds, never touching the network) when it is neither
     prepared nor preparable.
     """
-    from ffsd_tf.data.sources import prepare_offline, tfds_data_dir
-
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
@@ -191,9 +190,7 @@ class ImageNetBundle:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Batches per training epoch under the ``partial_batch`` policy (see ``pipeline.batches_per_epoch``)."""
-        from ffsd_tf.data.pipeline import batches_per_epoch
-
+        """Batches per training epoch under the ``partial_batch`` policy (see ``base.batches_per_epoch``)."""
         return batches_per_epoch(self.train_size, self.batch_size, self.partial_batch)
 
     @property
@@ -365,3 +362,6 @@ def load_imagenet2012(
         class_names=names,
         partial_batch=partial_batch,
     )
+
+
+load_imagenet2012.streams = True  # load_dataset hands it the pipeline arguments and returns its bundle

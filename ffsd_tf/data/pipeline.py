@@ -29,7 +29,8 @@ dataset (the pad is clamped to H-1 for tiny images, as reflect padding needs). I
 uint8 batches (a gather per axis), which is much cheaper than per-image ops in ``tf.data``.
 
 The decoded uint8 data lives in memory (NumPy arrays, converted once to tensors), so nothing is
-decoded twice; ``image_size`` resizes both splits once, at load time (bilinear, rounded to uint8).
+decoded twice, except ``folder``'s, which stays in its prepared cache on disk (``CachedBundle``:
+batches read their rows from it, with the same order and augmentation); ``image_size`` resizes both splits once, at load time (bilinear, rounded to uint8).
 """
 
 from __future__ import annotations
@@ -41,27 +42,17 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from ffsd_tf.data.base import (  # noqa: F401 (batches_per_epoch and the policies are public here too)
+    DEFAULT_PARTIAL_BATCH,
+    PARTIAL_BATCH_POLICIES,
+    Source,
+    batches_per_epoch,
+)
 from ffsd_tf.data.idx import DataError
-from ffsd_tf.data.sources import DATASETS, Source
+from ffsd_tf.data.registry import DATASETS
 
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_PAD = 4
-PARTIAL_BATCH_POLICIES = ("drop_small", "keep", "drop")
-DEFAULT_PARTIAL_BATCH = "drop_small"
-
-
-def batches_per_epoch(train_size: int, batch_size: int, partial_batch: str = DEFAULT_PARTIAL_BATCH) -> int:
-    """Training steps per epoch under a ``partial_batch`` policy (see the module docstring).
-
-    A training set smaller than one batch is always one (partial) batch, never zero.
-    """
-    if partial_batch not in PARTIAL_BATCH_POLICIES:
-        raise DataError(f"partial_batch must be one of {', '.join(PARTIAL_BATCH_POLICIES)}, got {partial_batch!r}")
-    full, remainder = divmod(int(train_size), int(batch_size))
-    keep = remainder > 0 and (
-        full == 0 or partial_batch == "keep" or (partial_batch == "drop_small" and 2 * remainder >= batch_size)
-    )
-    return full + int(keep)
 _RESIZE_CHUNK = 4096
 
 
@@ -198,6 +189,56 @@ class DataBundle:
         return tf.where(tf.equal(flip, 1)[:, None, None, None], tf.reverse(out, axis=[2]), out)
 
 
+class CachedBundle(DataBundle):
+    """A DataBundle whose images stay on disk (``--dataset=folder``'s prepared cache,
+    ``cache.CachedImages``): every batch reads its rows from the cache, so memory does not grow with
+    the number of images. The order, the augmentation draws (``epoch_plan``), ``augment_batch`` and
+    ``normalize`` are DataBundle's, so the batches are exactly those of the same images in memory
+    (tested batch for batch, resume included). Only the labels are in memory (4 bytes an image).
+    """
+
+    @functools.cached_property
+    def _tensors(self) -> dict:
+        with tf.init_scope(), tf.device("/CPU:0"):
+            return {"train": (None, tf.constant(self.y_train, tf.int32)),
+                    "test": (None, tf.constant(self.y_test, tf.int32))}
+
+    def _read(self, split: str, indices: tf.Tensor) -> tf.Tensor:
+        store = self.x_train if split == "train" else self.x_test
+        images = tf.numpy_function(store.read, [indices], tf.uint8, stateful=False)
+        return tf.ensure_shape(images, [None, *self.image_shape])
+
+    def _rows(self, split: str, indices: tf.Tensor):
+        return self._read(split, indices), tf.gather(self._tensors[split][1], indices)
+
+    def raw(self, split: str) -> tf.data.Dataset:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        n = self.train_size if split == "train" else self.test_size
+        ds = tf.data.Dataset.range(n).batch(256)
+        return ds.map(lambda i: self._rows(split, i)).unbatch()
+
+    def test_dataset(self) -> tf.data.Dataset:
+        ds = tf.data.Dataset.range(self.test_size).batch(self.eval_batch_size)
+        ds = ds.map(lambda i: self._rows("test", i), num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.map(lambda x, y: (self.normalize(x), y), num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.prefetch(AUTOTUNE)
+
+    def train_stream(self, start_epoch: int = 0) -> tf.data.Dataset:
+        start_epoch = int(start_epoch)
+        if start_epoch < 0:
+            raise ValueError(f"start_epoch must be >= 0, got {start_epoch}")
+        plans = tf.data.Dataset.counter(start=start_epoch, dtype=tf.int64).flat_map(self.epoch_plan)
+        ds = plans.map(self._cached_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.prefetch(AUTOTUNE)
+
+    def _cached_batch(self, *plan):
+        x, labels = self._rows("train", plan[0])
+        if self.augment:
+            x = self.augment_batch(x, *plan[1:])
+        return self.normalize(x), labels
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -255,6 +296,8 @@ def load_dataset(
     pad: int = DEFAULT_PAD,
     partial_batch: str = DEFAULT_PARTIAL_BATCH,
     validation_split: float | None = None,
+    cache_dir: str | None = None,
+    rebuild_cache: bool = False,
 ) -> DataBundle:
     """Loads dataset ``name`` (a key of ``DATASETS``) into memory, validated, and wraps it in a DataBundle.
 
@@ -272,6 +315,8 @@ def load_dataset(
         it is under half a batch; the default), ``keep`` (the authors' loader) or ``drop``.
       validation_split: ``folder`` only, for a folder without ``val/``/``test/``: the fraction
         of each class held out as the test split (fixed, stratified; see ``folder.py``).
+      cache_dir / rebuild_cache: ``folder`` only: where its prepared cache lives (default
+        ``<data_dir>/.ffsd-cache``, see ``folder.py``) and whether to prepare it again now.
 
     Streaming datasets (``imagenet2012``) return their own bundle with the same interface (see
     ``imagenet.py``); ``image_size`` then sets the crop size, ``pad`` and ``synthetic_*`` do not apply.
@@ -299,6 +344,9 @@ def load_dataset(
         if isinstance(validation_split, bool) or not 0 < float(validation_split) < 1:
             raise DataError(f"validation_split must be a fraction in (0, 1), e.g. 0.2, got {validation_split!r}")
 
+    if name != "folder" and (cache_dir is not None or rebuild_cache):
+        raise DataError(f"cache_dir and rebuild_cache apply to the folder dataset only, not {name}; drop them")
+
     if getattr(DATASETS[name], "streams", False):  # imagenet2012: streamed from disk, its own bundle
         return DATASETS[name](
             data_dir,
@@ -320,6 +368,8 @@ def load_dataset(
         synthetic_test=synthetic_test,
         image_size=image_size,
         validation_split=validation_split,
+        cache_dir=cache_dir,
+        rebuild_cache=bool(rebuild_cache),
     )
     source = source.validated()  # loaders validate too; this guards loaders added later
 
@@ -331,15 +381,17 @@ def load_dataset(
             raise DataError(f"{split}_subset={subset} exceeds the {len(x)} {split} images of {name}")
         labels = y_train if split == "train" else y_test
         keep = balanced_subset(labels, subset, seed, salt)
+        take = (lambda x: x[keep]) if isinstance(x, np.ndarray) else (lambda x: x.subset(keep))  # cache: a view
         if split == "train":
-            x_train, y_train = x_train[keep], y_train[keep]
+            x_train, y_train = take(x_train), y_train[keep]
         else:
-            x_test, y_test = x_test[keep], y_test[keep]
+            x_test, y_test = take(x_test), y_test[keep]
     if image_size is not None:
         x_train, x_test = resize_images(x_train, image_size), resize_images(x_test, image_size)
 
     height, width, channels = x_train.shape[1:]
-    return DataBundle(
+    bundle_class = DataBundle if isinstance(x_train, np.ndarray) else CachedBundle  # folder: from its cache
+    return bundle_class(
         name=name,
         num_classes=source.num_classes,
         image_shape=(int(height), int(width), int(channels)),

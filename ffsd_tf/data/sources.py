@@ -1,6 +1,7 @@
-"""Where the images come from: one loader per dataset, and the ``DATASETS`` registry.
+"""Where the images come from: one loader per in-memory dataset (the ``DATASETS`` registry that
+names them, with ``folder`` and ``imagenet2012``, is ``registry.py``).
 
-Every loader returns a :class:`Source`: the raw uint8 NHWC images and int labels of both splits,
+Every loader here returns a :class:`Source`: the raw uint8 NHWC images and int labels of both splits,
 in memory, plus the dataset's normalisation statistics and class names. Augmentation,
 normalisation, subsets, resizing and the per-epoch deterministic train stream are shared and live
 in ``pipeline.py``. A loader that cannot find or read its data raises :class:`DataError` at once,
@@ -24,21 +25,23 @@ Loaders:
   images and labels 0..9, else DataError.
 * ``npz``: any ``.npz`` with ``x_train, y_train, x_test, y_test`` and optionally ``class_names``
   (your own data): the metadata come from the data (see :func:`load_generic_npz`).
-* ``folder``: a folder of images, one subfolder per class (see ``folder.py``).
+* ``folder``: a folder of images, one subfolder per class, streamed from a prepared cache (see
+  ``folder.py``).
 * ``synthetic``: a seeded, learnable toy task for smoke runs, tests and benchmarks (see
   :func:`load_synthetic`).
 * ``imagenet2012``: the exception: it streams from tfds instead of loading into memory, so its
   loader (marked ``streams = True``) returns the whole bundle; see ``imagenet.py``.
+
+:class:`Source`, ``channel_stats`` and ``error_summary`` live in ``base.py`` (imported here as before).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Callable
 
 import numpy as np
 
+from ffsd_tf.data.base import Source, channel_stats, error_summary  # noqa: F401 (re-exported)
 from ffsd_tf.data.idx import DataError, read_idx
 
 TFDS_DEFAULT_DATA_DIR = "~/tensorflow_datasets"
@@ -65,76 +68,6 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 assert len(CIFAR100_CLASSES) == 100
-
-
-@dataclasses.dataclass(eq=False)
-class Source:
-    """A dataset in memory: uint8 NHWC images, integer labels, and its metadata."""
-
-    name: str
-    num_classes: int
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    mean: tuple
-    std: tuple
-    class_names: list
-    origin: str = ""  # where it was read from, for messages
-
-    def validated(self) -> "Source":
-        """Checks dtypes, shapes, counts and label range; returns a copy with int32 labels.
-
-        Raises DataError (naming the dataset and its origin) before any training starts.
-        """
-        where = f"{self.name} ({self.origin})" if self.origin else self.name
-        shapes, labels = {}, {}
-        for split in ("train", "test"):
-            x, y = getattr(self, f"x_{split}"), np.asarray(getattr(self, f"y_{split}"))
-            if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
-                raise DataError(f"{where}: {split} images must be uint8, got {getattr(x, 'dtype', type(x))}")
-            if x.ndim != 4 or min(x.shape[1:]) < 1:
-                raise DataError(f"{where}: {split} images must be NHWC, got shape {x.shape}")
-            if y.ndim == 2 and y.shape[1] == 1:
-                y = y[:, 0]
-            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-                raise DataError(f"{where}: {split} labels must be a 1-D integer array, got {y.dtype} {y.shape}")
-            if len(x) != len(y):
-                raise DataError(f"{where}: {len(x)} {split} images but {len(y)} {split} labels")
-            if len(x) == 0:
-                raise DataError(f"{where}: the {split} split is empty")
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise DataError(
-                    f"{where}: {split} labels span [{lo}, {hi}] but must lie in [0, {self.num_classes}) for "
-                    f"{self.num_classes} classes; wrong dataset or corrupt labels"
-                )
-            shapes[split] = x.shape[1:]
-            labels[split] = y.astype(np.int32)
-        if shapes["train"] != shapes["test"]:
-            raise DataError(f"{where}: train images are {shapes['train']} but test images are {shapes['test']}")
-        channels = shapes["train"][-1]
-        if len(self.mean) != channels or len(self.std) != channels:
-            raise DataError(f"{where}: mean/std have {len(self.mean)}/{len(self.std)} entries for {channels} channels")
-        if len(self.class_names) != self.num_classes:
-            raise DataError(f"{where}: {len(self.class_names)} class names for {self.num_classes} classes")
-        broken = [str(c) for c in self.class_names if "\n" in str(c) or "\r" in str(c)]
-        if broken:
-            raise DataError(f"{where}: class name {broken[0]!r} holds a line break; the export stores one name a line")
-        return dataclasses.replace(
-            self,
-            y_train=labels["train"],
-            y_test=labels["test"],
-            mean=tuple(float(m) for m in self.mean),
-            std=tuple(float(s) for s in self.std),
-            class_names=[str(c) for c in self.class_names],
-        )
-
-
-def error_summary(error: BaseException) -> str:
-    """``Type: first line of the message``, to keep DataError messages on one line."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,27 +164,6 @@ def load_npz(path: str, name: str, num_classes: int, mean, std, class_names, ima
             f"{path}: its train labels use only {present} of {name}'s {num_classes} classes; is it a {name} file? {fix}"
         )
     return source
-
-
-def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple, tuple]:
-    """Per-channel mean and std of uint8 NHWC ``images`` in [0, 1] pixel units, streamed in chunks.
-
-    Float64 sums of ``x`` and ``x^2`` over chunks of ``chunk`` images (no float copy of the whole
-    set); the population std (NumPy's ``ddof=0``), floored at 1e-3 so a constant channel cannot
-    divide by zero.
-    """
-    channels = images.shape[-1]
-    total, squares, count = np.zeros(channels), np.zeros(channels), 0
-    for start in range(0, len(images), chunk):
-        x = images[start : start + chunk].reshape(-1, channels).astype(np.float64) / 255.0
-        total += x.sum(axis=0)
-        squares += np.square(x).sum(axis=0)
-        count += len(x)
-    if count == 0:
-        raise DataError("cannot compute mean/std of an empty training split")
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
-    return tuple(float(m) for m in mean), tuple(float(s) for s in np.maximum(std, 1e-3))
 
 
 def load_generic_npz(data_dir: str | None = None, **_) -> Source:
@@ -509,35 +421,3 @@ def load_synthetic(
     names = [f"class_{i}" for i in range(k)]
     source = Source("synthetic", k, x_train, y_train, x_test, y_test, mean, std, names, origin=f"seed {seed}")
     return source.validated()
-
-
-# ---------------------------------------------------------------------------------------------
-# ImageNet (streamed, see imagenet.py)
-
-
-def load_imagenet2012(data_dir: str | None = None, **kwargs):
-    """ImageNet-1k from tfds ``imagenet2012``: too large for memory, so this returns a streaming
-    ``ImageNetBundle`` (``DataBundle``'s interface), not a :class:`Source`; see ``imagenet.py``."""
-    from ffsd_tf.data.imagenet import load_imagenet2012 as load
-
-    return load(data_dir, **kwargs)
-
-
-load_imagenet2012.streams = True  # load_dataset hands it the pipeline arguments and returns its bundle
-
-
-def load_folder(data_dir: str | None = None, **kwargs) -> Source:
-    """A folder of your own images, one subfolder per class; see ``folder.py``."""
-    from ffsd_tf.data.folder import load_folder as load
-
-    return load(data_dir, **kwargs)
-
-DATASETS: dict[str, Callable[..., Source]] = {
-    "cifar100": load_cifar100,
-    "cifar10": load_cifar10,
-    "fashion_mnist": load_fashion_mnist,
-    "synthetic": load_synthetic,
-    "imagenet2012": load_imagenet2012,
-    "npz": load_generic_npz,
-    "folder": load_folder,
-}
