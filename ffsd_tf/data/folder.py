@@ -15,11 +15,31 @@ following links to folders; other and hidden files are ignored; a GIF gives its 
 decoded and resized to ``image_size`` x ``image_size`` (default ``DEFAULT_IMAGE_SIZE``) by the rules
 of :mod:`ffsd_tf.data.images` (bilinear with antialiasing, the aspect ratio not kept, rounded to
 uint8; the exported ``serving_bytes`` signature applies the same ops). An image over
-``images.MAX_IMAGE_PIXELS`` pixels is refused by its own error before it is decoded. The dataset
-becomes the same in-memory uint8 :class:`~ffsd_tf.data.sources.Source` as every other one and gets the project's deterministic,
-resumable augmentation. Channels come from the data: 1 when every image (of both
-splits) is grayscale, else 3 (grayscale images are then repeated to RGB; an alpha channel is
-dropped). Mean/std: per channel over the training images (``channel_stats``, in chunks).
+``images.MAX_IMAGE_PIXELS`` pixels is refused by its own error before it is decoded. Channels come
+from the data: 1 when every image (of both splits) is grayscale, else 3 (grayscale images are then
+repeated to RGB; an alpha channel is dropped). Mean/std: per channel over the training images,
+from exact integer sums (``base.channel_stats``'s values).
+
+The prepared cache (always: a folder is never held in memory). The first run decodes and resizes
+every file once, on all cores (a tf.data pipeline; a bar with images/s and ETA on a terminal, one
+line otherwise), into a cache entry (format: ``cache.py``) that later runs, resumes, export and
+visualize read instead of the images. Training reads each batch's rows from it (``pipeline.
+CachedBundle``: the same order, augmentation and batches as in memory), so memory does not grow with
+the number of images; both splits stay on disk.
+
+* Where: ``--cache_dir`` (``cache_dir=``), default ``<data_dir>/.ffsd-cache`` when the data folder
+  is writable (hidden, so never taken for a class), else ``$XDG_CACHE_HOME/ffsd-tf`` (default
+  ``~/.cache/ffsd-tf``). An entry ``<image_size>px-<split>-<hash of the folder's path>`` per folder,
+  image size and split; another image size is another entry (delete old ones to free the space).
+* Key: the relative path, byte size and modification time of every file of both splits, the image
+  size, the split (train/val folders or the ``validation_split``), the cache format and the
+  TensorFlow version (decoders). A different key prepares the entry again, after one line naming
+  what changed (added / removed / modified files, counts and the first names).
+* Damage (a truncated or missing shard, an unreadable or inconsistent index): one DataError line
+  naming the entry, to delete it or pass ``--rebuild_cache`` (``rebuild_cache=True``), which
+  prepares it again now. Only files inside the cache dir are ever written or removed; a new entry
+  is written to a temporary folder and renamed into place (an interrupted preparation leaves no
+  half cache), under a lock file, so concurrent runs prepare it once.
 
 A file that cannot be read or decoded (corrupt, truncated, not an image) stops the load with one
 DataError naming the file; it is never skipped silently. Remove or fix it and run again.
