@@ -1,6 +1,7 @@
 """Throughput of the FFSD training step against one network trained alone, in one process.
 
     python benchmarks/bench.py [--model=resnet32] [--steps=15] [--batch_size=128]
+    python benchmarks/bench.py --folder    # the --dataset=folder cache (benchmarks/folder_cache.py)
 
 Reports images/s of (a) one network trained with a plain Keras ``fit`` (CE, SGD), (b) the FFSD
 step with n common students (n+1 networks + fusion + decoders), (c) the same with
@@ -28,6 +29,8 @@ flags.DEFINE_integer("num_classes", 100, "Classes.")
 flags.DEFINE_integer("steps", 15, "Timed steps per configuration.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).")
 flags.DEFINE_bool("jit", True, "Also time the FFSD step with jit_compile.")
+flags.DEFINE_bool("folder", False, "Instead: the --dataset=folder cache benchmark (benchmarks/folder_cache.py: "
+                  "preparation throughput, peak RSS, start-up, streaming vs in-memory training).")
 FLAGS = flags.FLAGS
 
 
@@ -107,6 +110,11 @@ def time_pipeline(batches=60):
 
 def main(argv):
     del argv
+    if FLAGS.folder:  # its own script and flags (runnable alone); children measure memory and start-up
+        import subprocess
+
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "folder_cache.py")
+        raise SystemExit(subprocess.call([sys.executable, script]))
     import tensorflow as tf
 
     from ffsd_tf.flops import ffsd_step_flops, model_flops
