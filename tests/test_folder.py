@@ -346,6 +346,7 @@ def test_a_damaged_cache_is_one_line_and_rebuilt_on_request(tmp_path, damage, ne
     load_dataset("folder", data_dir=str(tmp_path), image_size=8)
     entry = _entry(tmp_path)
     damage(entry)
+    (tmp_path / ".ffsd-cache" / (entry.name + ".tmp-999999")).mkdir()  # left by a killed preparation
     with pytest.raises(DataError, match="--rebuild_cache") as e:
         load_dataset("folder", data_dir=str(tmp_path), image_size=8)
     message = str(e.value)

@@ -48,6 +48,7 @@ DataError naming the file; it is never skipped silently. Remove or fix it and ru
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -191,6 +192,7 @@ def _decoded(paths: list, size: int, workers: int):
     number of cores used)."""
     import tensorflow as tf
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops: nothing to convert (and no autograph warnings)
     def load(path):
         image = images.decode_resize(images.check_size(tf.io.read_file(path)), size)
         gray = tf.equal(tf.shape(image)[-1], 1)
@@ -302,6 +304,8 @@ def _cached(root: str, train: list, test: list, size: int, split_tag: str, cache
                         "pass --cache_dir=<a writable folder>") from None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process prepares; the others then find it ready
+        for stale in glob.glob(glob.escape(entry) + ".tmp-*"):  # left by a killed preparation (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         if os.path.isdir(entry) and not rebuild:
             index = cache.read_index(entry)
             if index["key"] == key:
