@@ -11,8 +11,12 @@
       runtime       RuntimeConfig        seed, determinism, devices, precision, output, checkpoints, export
 
 Field names are the training flags' names (loss weight ``k``: ``lambda_k`` and
-``lambda_k_schedule``), so ``RunConfig.from_flags`` is a mapping, ``validate`` names the flag to
-fix, and the defaults here are the flags' defaults (``ffsd_tf.flags`` reads them with ``default``).
+``lambda_k_schedule``; ``--loss_weights`` is ``LossWeights.base``), so ``RunConfig.from_flags`` is a
+mapping, ``validate`` names the flag to fix, and the defaults here are the flags' defaults
+(``ffsd_tf.flags`` reads them with ``default``), but for the flags a named set of loss weights
+covers (``recipes.set_flag_values``: every ``lambda_*`` flag and ``leader_kl_mask``): those are
+filled from ``--loss_weights`` (default ``DEFAULT_LOSS_WEIGHTS``, the recipe) where not given, and
+``LossWeights()`` is the paper's set, what a config.json written before the set existed means.
 ``to_dict`` is ``config.json`` (``rundir.write_config`` adds the dataset's metadata under
 "dataset"); ``from_dict`` reads it back; ``upgrade`` turns the config.json of a run written before
 this layout into it. Every reader of a run (resume, export, visualize, report) goes through
@@ -29,6 +33,9 @@ import math
 import typing
 
 VERSION = 2  # config.json layout; files without "version" are upgraded (see ``upgrade``)
+# --loss_weights' default: the measured recipe, as the Python API's (README "Loss weights: the recipe
+# and the paper"); the paper's flagfiles state --loss_weights=paper (tests/test_experiment_weights.py).
+DEFAULT_LOSS_WEIGHTS = "recipe"
 COHORT = "model"  # config.json's key of the cohort (the name it has always had)
 
 
@@ -89,10 +96,16 @@ def _paper_weights(i: int) -> dict:
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
     """Loss weight ``k`` at epoch e is ``values[k] * schedules[k](e)`` (names and the authors'
-    defaults: ``trainer.PAPER_LOSS_WEIGHTS``; schedule specs: ``schedules.parse_weight_schedule``)."""
+    defaults: ``trainer.PAPER_LOSS_WEIGHTS``; schedule specs: ``schedules.parse_weight_schedule``).
+
+    ``base`` is the named set (``--loss_weights``: "recipe", "paper", "kl_warmup") that filled the
+    weights not given one by one. ``values`` and ``schedules`` are complete, so ``base`` only says
+    where they came from (a ``NEUTRAL`` setting). A config.json without it (written before the
+    flag) reads as "paper", the defaults of the time; a weight it lacks takes ``base``'s value."""
 
     values: dict = dataclasses.field(default_factory=lambda: _paper_weights(0))
     schedules: dict = dataclasses.field(default_factory=lambda: _paper_weights(1))
+    base: str = "paper"
 
     def functions(self) -> dict:
         """name -> callable(epoch), what ``FFSD(loss_weights=...)`` takes."""
@@ -132,6 +145,7 @@ SECTIONS = {"data": DataConfig, "optimization": OptimizationConfig, "runtime": R
 # unless --force_resume. --epochs may change (grow to extend a run): the LR and loss-weight
 # schedules depend on the milestones and schedule settings, not on the number of epochs.
 NEUTRAL = frozenset({
+    "loss_weights",  # the named set only fills the lambda_* (and leader_kl_mask) values compared here
     "output_dir", "resume", "force_resume", "verbose", "eval_batch_size", "export", "export_dir",
     "keep_checkpoints", "eval_every", "epochs", "jit_compile", "strategy", "deterministic", "reexport",
     "cache_dir", "rebuild_cache",
@@ -149,6 +163,8 @@ def _hint(name: str):
             return typing.get_type_hints(kind)[name]
     if name == "teacher_run":
         return str | None
+    if name == "loss_weights":
+        return str
     if name.startswith("lambda_"):
         return str if name.endswith("_schedule") else float
     return None
@@ -224,6 +240,8 @@ def default(name: str):
                 return f.default
     if name == "teacher_run":
         return None
+    if name == "loss_weights":
+        return DEFAULT_LOSS_WEIGHTS
     if name.startswith("lambda_"):
         key = name[len("lambda_"):]
         return _paper_weights(1)[key[: -len("_schedule")]] if key.endswith("_schedule") else _paper_weights(0)[key]
@@ -256,6 +274,7 @@ def settings(d: dict) -> dict:
     weights = d.get("loss_weights", {})
     out.update({f"lambda_{k}": v for k, v in weights.get("values", {}).items()})
     out.update({f"lambda_{k}_schedule": v for k, v in weights.get("schedules", {}).items()})
+    out["loss_weights"] = weights.get("base", "paper")
     return out
 
 
@@ -267,6 +286,8 @@ def nest(flat: dict) -> dict:
     for name, value in flat.items():
         if name == "teacher_run":
             d["teacher_run"] = value
+        elif name == "loss_weights":
+            d["loss_weights"]["base"] = value
         elif name.startswith("lambda_") and name.endswith("_schedule"):
             d["loss_weights"]["schedules"][name[len("lambda_"): -len("_schedule")]] = value
         elif name.startswith("lambda_"):
@@ -322,19 +343,27 @@ def _section_values(kind, values: dict, key: str) -> dict:
     return {name: _coerce(name, hints[name], value) for name, value in values.items()}
 
 
-def _weight_values(d: dict) -> tuple[dict, dict]:
+def _weight_values(d: dict) -> tuple[dict, dict, str]:
+    from ffsd_tf.recipes import NAMED_LOSS_WEIGHTS
+
     values = {k: _coerce(f"lambda_{k}", float, v) for k, v in d.get("values", {}).items()}
     schedules = {k: _coerce(f"lambda_{k}_schedule", str, v) for k, v in d.get("schedules", {}).items()}
-    return values, schedules
+    base = _coerce("loss_weights", str, d.get("base", "paper"))
+    if base not in NAMED_LOSS_WEIGHTS:
+        raise ConfigError(f"loss_weights={base[:40]} is no named set; choose one of: {', '.join(NAMED_LOSS_WEIGHTS)}")
+    return values, schedules, base
 
 
 def _loss_weights(d: dict) -> LossWeights:
-    values, schedules = _weight_values(d)
-    paper = LossWeights()
-    unknown = sorted((set(values) | set(schedules)) - set(paper.values))
+    from ffsd_tf.recipes import NAMED_LOSS_WEIGHTS
+
+    values, schedules, base = _weight_values(d)
+    named = NAMED_LOSS_WEIGHTS[base]
+    unknown = sorted((set(values) | set(schedules)) - set(named))
     if unknown:
         raise ConfigError(f"unknown loss weight {unknown[0]!r}")
-    return LossWeights({**paper.values, **values}, {**paper.schedules, **schedules})
+    return LossWeights({**{k: v for k, (v, _) in named.items()}, **values},
+                       {**{k: spec for k, (_, spec) in named.items()}, **schedules}, base)
 
 
 # ------------------------------------------------------------------------------ the run
@@ -352,22 +381,32 @@ class RunConfig:
 
     @classmethod
     def from_flags(cls, flag_values) -> RunConfig:
-        """The run that parsed training flags (``ffsd_tf.flags``, absl FlagValues) describe."""
+        """The run that parsed training flags (``ffsd_tf.flags``, absl FlagValues) describe. A flag
+        that ``--loss_weights`` covers and the command line did not give (None) takes the set's
+        value (``recipes.set_flag_values``); a given one keeps its own."""
+        from ffsd_tf.recipes import set_flag_values
         from ffsd_tf.trainer import LOSS_WEIGHTS, FFSDConfig
 
         def read(kind):
             return {f.name: flag_value(f.name, getattr(flag_values, f.name)) for f in dataclasses.fields(kind)}
 
+        base = flag_values.loss_weights
+        filled = set_flag_values(base, leader=flag_values.leader)
+
+        def given(name):
+            value = getattr(flag_values, name)
+            return filled[name] if value is None and name in filled else value
+
         try:  # the trainer checks num_students and temperature itself; its fields are the flags' names
-            cohort = FFSDConfig(**{**{k: getattr(flag_values, k) for k in _COHORT_FLAGS}, "num_classes": None,
+            cohort = FFSDConfig(**{**{k: given(k) for k in _COHORT_FLAGS}, "num_classes": None,
                                    "input_shape": None})
         except ValueError as e:
             raise ConfigError(f"--{e}") from None
         return cls(
             cohort=cohort,
             teacher_run=flag_values.teacher_run,
-            loss_weights=LossWeights({k: getattr(flag_values, f"lambda_{k}") for k in LOSS_WEIGHTS},
-                                     {k: getattr(flag_values, f"lambda_{k}_schedule") for k in LOSS_WEIGHTS}),
+            loss_weights=LossWeights({k: given(f"lambda_{k}") for k in LOSS_WEIGHTS},
+                                     {k: given(f"lambda_{k}_schedule") for k in LOSS_WEIGHTS}, base),
             **{key: kind(**read(kind)) for key, kind in SECTIONS.items()},
         )
 
@@ -388,7 +427,8 @@ class RunConfig:
             COHORT: cohort_to_dict(self.cohort),
             "teacher_run": self.teacher_run,
             "optimization": {**dataclasses.asdict(self.optimization), "milestones": list(self.optimization.milestones)},
-            "loss_weights": {"values": dict(self.loss_weights.values), "schedules": dict(self.loss_weights.schedules)},
+            "loss_weights": {"base": self.loss_weights.base, "values": dict(self.loss_weights.values),
+                             "schedules": dict(self.loss_weights.schedules)},
             "runtime": dataclasses.asdict(self.runtime),
         }
 

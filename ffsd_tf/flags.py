@@ -2,7 +2,9 @@
 
 The flags map onto ``config.RunConfig`` (``run_config()``): one flag per setting, same name, and
 the defaults are RunConfig's (the authors' CIFAR-100 settings, SJLeo/FFSD ``options.py``), so a
-flagfile only states what differs. ``validate()`` is ``RunConfig.validate``: it checks what one
+flagfile only states what differs. The loss weights are the exception: ``--loss_weights`` names a
+set (recipe, the default; paper; kl_warmup: ``ffsd_tf.recipes``) that fills every ``--lambda_*``
+flag and ``--leader_kl_mask`` not given (their default is None: "the set's"); a given one wins. ``validate()`` is ``RunConfig.validate``: it checks what one
 flag's type cannot and raises ``FlagError`` with one line naming the problem and the fix.
 """
 
@@ -12,10 +14,10 @@ import os
 
 from absl import flags
 
-from ffsd_tf.config import ConfigError, LossWeights, RunConfig, default, flag_value
+from ffsd_tf.config import ConfigError, RunConfig, default, flag_value
 from ffsd_tf.data import DATASETS
 from ffsd_tf.distribute import PRECISIONS, STRATEGIES
-from ffsd_tf.trainer import DIVERSITY_MODES, LEADER_KL_MASKS, LOSS_WEIGHTS, PAPER_LOSS_WEIGHTS, SD_MODES, TEACHER_LOSSES
+from ffsd_tf.trainer import DIVERSITY_MODES, LEADER_KL_MASKS, LOSS_WEIGHTS, SD_MODES, TEACHER_LOSSES
 
 FLAGS = flags.FLAGS
 FlagError = ConfigError  # a flag value or combination that cannot run; the message is one actionable line
@@ -64,9 +66,10 @@ flags.DEFINE_enum("diversity", default("diversity"),
 flags.DEFINE_enum("self_distillation", default("self_distillation"),
                   SD_MODES, "Which self-distillation decoders to train (Table VI).")
 flags.DEFINE_float("temperature", default("temperature"), "Distillation temperature T.")
-flags.DEFINE_enum("leader_kl_mask", default("leader_kl_mask"), LEADER_KL_MASKS,
+flags.DEFINE_enum("leader_kl_mask", None, LEADER_KL_MASKS,
                   "The leader's KL (Eq. 14) on every sample (none, the paper) or only where its teacher "
-                  "is right (teacher_correct; not in the paper).")
+                  "is right (teacher_correct; not in the paper). Default: --loss_weights' (recipe: "
+                  "teacher_correct with a leader).")
 flags.DEFINE_string("teacher_run", default("teacher_run"),
                     "Run directory of a trained network to distil offline into the common students "
                     "(Table II's KD / AT; needs --noleader): its leader, or its student1 if it had none.")
@@ -74,6 +77,12 @@ flags.DEFINE_enum("teacher_loss", default("teacher_loss"),
                   TEACHER_LOSSES, "With --teacher_run: kd (Hinton), at (attention transfer) or kd_at.")
 
 # Loss weights: value * schedule(epoch) -------------------------------------------------------
+flags.DEFINE_enum("loss_weights", default("loss_weights"), ["recipe", "paper", "kl_warmup"],
+                  "The set of loss weights that fills every --lambda_* flag and --leader_kl_mask not given: "
+                  "recipe = the measured recipe (no mutual KL, the fusion and leader KL warmed up over 5 epochs, "
+                  "the leader's KL where its teacher is right; the Python API's default); paper = the authors' "
+                  "code (every flagfile of experiments/paper/ states it); kl_warmup = the paper's with every KL "
+                  "term warmed up. A --lambda_* flag given overrides it.")
 _WEIGHT_HELP = {
     "kl": "T^2 KL between common students (Eq. 2)",
     "fusion_kl": "T^2 KL of the fusion classifier to the students' mean (Eq. 4)",
@@ -84,10 +93,11 @@ _WEIGHT_HELP = {
     "teacher_kd": "T^2 KL of each common student to the --teacher_run network (KD)",
     "teacher_at": "attention transfer from the --teacher_run network (AT: beta/2)",
 }
-for _key, (_value, _schedule) in PAPER_LOSS_WEIGHTS.items():
-    flags.DEFINE_float(f"lambda_{_key}", _value, f"Weight of the {_WEIGHT_HELP[_key]}.")
+for _key in LOSS_WEIGHTS:  # default None: the --loss_weights set's value
+    flags.DEFINE_float(f"lambda_{_key}", None, f"Weight of the {_WEIGHT_HELP[_key]} (default: --loss_weights').")
     flags.DEFINE_string(
-        f"lambda_{_key}_schedule", _schedule, "Its schedule of the epoch: constant | exp_warmup:E | linear_warmup:E | piecewise:E=V,..."
+        f"lambda_{_key}_schedule", None, "Its schedule of the epoch: constant | exp_warmup:E | linear_warmup:E | "
+        "piecewise:E=V,... (default: --loss_weights')."
     )
 
 # Optimisation --------------------------------------------------------------------------------
@@ -192,9 +202,18 @@ def milestones() -> list[int]:
 
 
 def weight_schedules() -> dict:
-    """Loss weight name -> callable(epoch) = lambda * schedule(epoch), from the flags."""
-    return LossWeights({k: getattr(FLAGS, f"lambda_{k}") for k in LOSS_WEIGHTS},
-                       {k: getattr(FLAGS, f"lambda_{k}_schedule") for k in LOSS_WEIGHTS}).functions()
+    """Loss weight name -> callable(epoch) = lambda * schedule(epoch), from the flags (and the
+    ``--loss_weights`` set where they are not given)."""
+    return run_config().loss_weights.functions()
+
+
+def set_filled_flags() -> dict:
+    """name -> value of the flags that ``--loss_weights`` filled (covered and not given), as the run
+    uses them: flags.txt states them, so it replays the run whatever the default set becomes."""
+    from ffsd_tf.recipes import set_flag_values
+
+    filled = set_flag_values(FLAGS.loss_weights, leader=FLAGS.leader)
+    return {name: value for name, value in filled.items() if getattr(FLAGS, name) is None}
 
 
 def validate(num_replicas: int = 1) -> None:

@@ -155,8 +155,8 @@ class CollapseWarning(keras.callbacks.Callback):
         self.stream.write(
             f"warning: the mutual KL blew up in epoch 1 (a step's T^2 KL reached {self.peak_kl:.1f} > "
             f"ln {classes} = {chance_ce:.2f}) and left every common student at chance ({measured}); drop the mutual "
-            "KL and warm the other KL terms up: --lambda_kl=0 --lambda_fusion_kl_schedule=exp_warmup:5 "
-            "--lambda_leader_kl_schedule=exp_warmup:5 (--flagfile=experiments/recipes/robust.flags does), or keep "
-            "it warmed up: --lambda_kl_schedule=exp_warmup:5\n"
+            "KL and warm the other KL terms up: --loss_weights=recipe, the default (--lambda_kl=0 "
+            "--lambda_fusion_kl_schedule=exp_warmup:5 --lambda_leader_kl_schedule=exp_warmup:5), or keep it "
+            "warmed up: --lambda_kl_schedule=exp_warmup:5\n"
         )
         self.stream.flush()

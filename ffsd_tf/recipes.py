@@ -2,9 +2,11 @@
 
 Every FFSD loss weight is ``value * schedule(epoch)`` (``schedules.parse_weight_schedule``):
 
-* ``PAPER_LOSS_WEIGHTS``: the authors' code (the CLI's flag defaults; ``experiments/paper/``).
-* ``RECIPE_LOSS_WEIGHTS``: the recipe for users' own training (issue 14; the Python API's
-  default and ``experiments/recipes/robust.flags``, held equal by ``tests/test_recipe.py``): the
+* ``PAPER_LOSS_WEIGHTS``: the authors' code (``--loss_weights=paper``, which every flagfile of
+  ``experiments/paper/`` states).
+* ``RECIPE_LOSS_WEIGHTS``: the recipe for users' own training (issue 14; the default of the Python
+  API and of the CLI's ``--loss_weights``, and ``experiments/recipes/robust.flags``, held equal by
+  ``tests/test_recipe.py``): the
   paper's values with **no mutual KL between the common students** (``kl`` = 0) and the fusion
   and leader KL terms warmed up over 5 epochs. Measured (RESULTS.md, "Budget study"): the mutual
   KL makes the students agree, so their ensemble and the fusion classifier, the leader's teacher,
@@ -18,7 +20,9 @@ Every FFSD loss weight is ``value * schedule(epoch)`` (``schedules.parse_weight_
   recipe before the budget study; DML's weights in it). Named so reports can tell its runs apart.
 
 Which weights a cohort's terms use is ``loss_terms.active_loss_weights`` (the trainer logs those
-as ``weights/<name>``; the report names a run's set from them).
+as ``weights/<name>``; the report names a run's set from them). On the command line a set is
+``--loss_weights=<name>``: it fills the flags it covers where they are not given
+(``set_flag_values``).
 """
 
 from __future__ import annotations
@@ -76,3 +80,18 @@ def named_set(weights: Mapping[str, tuple], active, among=("recipe", "kl_warmup"
         if all(k in weights and same(weights[k], NAMED_LOSS_WEIGHTS[name][k]) for k in active):
             return name
     return None
+
+
+def set_flag_values(name: str, leader: bool = True) -> dict:
+    """The training flags that ``--loss_weights=name`` fills where the command line gives none:
+    ``lambda_<k>`` and ``lambda_<k>_schedule`` of every loss weight, and ``leader_kl_mask`` (the
+    recipe's ``RECIPE_OPTIONS`` with a leader, as ``recipe_options``; "none" otherwise). A flag
+    that is given keeps its value. ``--partial_batch`` is no part of a set: its default is the
+    recipe's ("drop_small") whatever the set, and the paper's flagfiles state "keep"."""
+    if name not in NAMED_LOSS_WEIGHTS:
+        raise ValueError(f"loss weights {name!r} are not a named set; use one of {sorted(NAMED_LOSS_WEIGHTS)}")
+    out = {}
+    for key, (value, spec) in NAMED_LOSS_WEIGHTS[name].items():
+        out[f"lambda_{key}"], out[f"lambda_{key}_schedule"] = float(value), spec
+    out["leader_kl_mask"] = recipe_options(name, {"leader": leader}).get("leader_kl_mask", "none")
+    return out

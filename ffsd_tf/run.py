@@ -30,6 +30,7 @@ from absl import app, flags, logging  # noqa: E402
 from ffsd_tf import flags as ffsd_flags  # noqa: E402  (defines the flags)
 from ffsd_tf import rundir  # noqa: E402
 from ffsd_tf.cli import fail, flags_parser  # noqa: E402
+from ffsd_tf.config import flag_text  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -42,7 +43,11 @@ def effective_flags_text() -> str:
     """The flags of this run as a flagfile (every ffsd flag, defaults included)."""
     module = sys.modules[ffsd_flags.__name__]
     lines = ["# Effective flags of this run; replay with --flagfile=<this file>."]
+    filled = ffsd_flags.set_filled_flags()  # the --loss_weights set's values, stated one by one
     for flag in sorted(FLAGS.get_flags_for_module(module), key=lambda f: f.name):
+        if flag.name in filled:
+            lines.append(flag_text(flag.name, filled[flag.name]))
+            continue
         if flag.value is None or flag.name in ("force_resume", "reexport"):  # one-shot overrides
             continue
         # "." = this file's folder (ffsd_flags.resolve_output_dir): a copied run replays into the copy.

@@ -207,25 +207,39 @@ def check_compatible(run_dir: str, config: RunConfig, force: bool = False, warn=
         raise RunDirError(f"{os.path.join(run_dir, CONFIG)} does not describe an FFSD run ({e}); "
                           "restore it or start a new --output_dir") from None
     theirs, mine = run_config.cohort_to_dict(stored.cohort), run_config.cohort_to_dict(config.cohort)
-    diffs = [f"{k}={theirs.get(k)!r} (now {mine[k]!r})" for k in mine if theirs.get(k) != mine[k]]
+    differing = {k for k in mine if theirs.get(k) != mine[k]}
+    diffs = [f"{k}={theirs.get(k)!r} (now {mine[k]!r})" for k in mine if k in differing]
     diffs += [f"{k}={getattr(stored.data, k)!r} (now {getattr(config.data, k)!r})" for k in ("dataset", "partial_batch")
               if getattr(stored.data, k) != getattr(config.data, k)]
     if diffs:
         raise RunDirError(
             f"checkpoint in {run_dir} is from another configuration ({'; '.join(diffs)}); "
-            "use another --output_dir or the same flags"
+            f"use another --output_dir or the same flags{_older_set_hint(saved, config, differing)}"
         )
     theirs, mine = stored.settings(), config.settings()
+    drifting = [k for k in sorted(mine) if k not in run_config.NEUTRAL and theirs.get(k) != mine[k]]
     drift = [f"{run_config.flag_text(k, mine[k])} (the run has {run_config.flag_text(k, theirs.get(k))})"
-             for k in sorted(mine) if k not in run_config.NEUTRAL and theirs.get(k) != mine[k]]
+             for k in drifting]
     if not drift:
         return
     message = (f"resuming {run_dir} with flags that change the result: {'; '.join(drift)} (stored in {source}); "
                f"resume with the run's flags (--flagfile={os.path.join(run_dir, FLAGS_FILE)}), use another "
-               "--output_dir, or pass --force_resume")
+               f"--output_dir, or pass --force_resume{_older_set_hint(saved, config, set(drifting))}")
     if not force:
         raise RunDirError(message)
     (_stderr if warn is None else warn)(f"warning: --force_resume: {'; '.join(drift)}")
+
+
+def _older_set_hint(saved: dict, config: RunConfig, differing: set) -> str:
+    """For a run written before --loss_weights (its defaults then were the paper's) that differs in
+    a flag the set covers: the flag that resumes it."""
+    from ffsd_tf.recipes import set_flag_values
+
+    weights = saved.get("loss_weights")
+    predates = not isinstance(weights, dict) or "base" not in weights
+    if not predates or config.loss_weights.base == "paper" or not differing & set(set_flag_values("paper")):
+        return ""
+    return " (the run predates --loss_weights, when the defaults were the paper's: add --loss_weights=paper)"
 
 
 # ------------------------------------------------------------------------------ results

@@ -44,7 +44,7 @@ epoch itself (Keras' ``on_epoch_begin`` hook), so a plain ``fit(ds, epochs=N)`` 
 schedules and logs each weight (``weights/<name>``) in its history. Named sets, in
 ``ffsd_tf.recipes``: ``RECIPE_LOSS_WEIGHTS`` (the Python API's default: no mutual KL, the fusion
 and leader KL warmed up; with ``RECIPE_OPTIONS``, the leader's teacher-correct KL mask),
-``PAPER_LOSS_WEIGHTS`` (the authors' code; the CLI's flag defaults) and ``KL_WARMUP_LOSS_WEIGHTS``
+``PAPER_LOSS_WEIGHTS`` (the authors' code; ``--loss_weights=paper``) and ``KL_WARMUP_LOSS_WEIGHTS``
 (the paper's with every KL term warmed up).
 
 Python API (README "Use it from Python")::

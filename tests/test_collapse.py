@@ -31,7 +31,7 @@ def test_collapse_warning_fires_only_on_a_blow_up(tmp_path, lambda_kl, lr, warns
     lines = [line for line in proc.stderr.splitlines() if line.startswith(WARNING)]
     if warns:
         assert len(lines) == 1
-        assert "--lambda_kl=0" in lines[0] and "robust.flags" in lines[0] and "ln 10 = 2.30" in lines[0]
+        assert "--lambda_kl=0" in lines[0] and "--loss_weights=recipe" in lines[0] and "ln 10 = 2.30" in lines[0]
         assert "--lambda_kl_schedule=exp_warmup:5" in lines[0]
     else:
         assert lines == []

@@ -23,7 +23,8 @@ def test_jit_compile_is_refused_under_a_strategy(parsed):
 
 
 def test_weight_schedules_scale_the_lambdas(parsed):
-    parsed("--lambda_diversity=2e-5", "--lambda_diversity_schedule=linear_warmup:4", "--lambda_kl_schedule=piecewise:1=0,3=1")
+    parsed("--loss_weights=paper", "--lambda_diversity=2e-5", "--lambda_diversity_schedule=linear_warmup:4",
+           "--lambda_kl_schedule=piecewise:1=0,3=1")
     w = ffsd_flags.weight_schedules()
     assert w["diversity"](1) == pytest.approx(0.5e-5) and w["diversity"](8) == pytest.approx(2e-5)
     assert w["kl"](2) == 0 and w["kl"](3) == 1
@@ -34,7 +35,8 @@ def test_paper_defaults(parsed):
     parsed()
     f = FLAGS
     assert (f.lr, f.momentum, f.weight_decay, f.fusion_weight_decay, f.decoder_lr, f.temperature) == (0.1, 0.9, 1e-4, 1e-5, 1e-3, 2.0)
-    assert (f.lambda_diversity, f.lambda_fusion, f.lambda_self_distillation) == (1e-5, 10.0, 1000.0)
+    values = ffsd_flags.run_config().loss_weights.values  # the --loss_weights set's (recipe) where not given
+    assert (values["diversity"], values["fusion"], values["self_distillation"]) == (1e-5, 10.0, 1000.0)
     assert ffsd_flags.milestones() == [150, 225] and f.epochs == 299 and f.batch_size == 128
 
 

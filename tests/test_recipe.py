@@ -85,16 +85,20 @@ def test_the_flagfile_and_the_python_api_default_are_one_recipe(recipe_flags, ep
 
 def test_the_flagfile_and_the_python_api_share_the_recipes_cohort_options(recipe_flags):
     """robust.flags sets every RECIPE_OPTIONS field (the leader's teacher-correct KL mask) to the
-    value FFSD gives it by default; the paper's flagfiles keep the flag's default, the paper's."""
+    value FFSD gives it by default (and --loss_weights' default set does); the paper's flagfiles
+    state --loss_weights=paper, whose mask is none."""
     from ffsd_tf.recipes import RECIPE_OPTIONS
 
     assert RECIPE_OPTIONS == {"leader_kl_mask": "teacher_correct"}
     for key, value in RECIPE_OPTIONS.items():
         assert getattr(FLAGS, key) == value
-        assert FLAGS[key].default == "none"  # the CLI's default is the paper's
+        assert FLAGS[key].default is None  # filled by --loss_weights
+    FLAGS.unparse_flags()
+    FLAGS(["prog", "--model=resnet8"])  # no weight flag: the default set, the recipe
+    assert all(getattr(ffsd_flags.run_config().cohort, key) == value for key, value in RECIPE_OPTIONS.items())
     FLAGS.unparse_flags()
     FLAGS(["prog", f"--flagfile={os.path.join(ROOT, 'experiments', 'paper', 'table1_resnet32_ffsd.flags')}"])
-    assert all(getattr(FLAGS, key) == "none" for key in RECIPE_OPTIONS)
+    assert all(getattr(ffsd_flags.run_config().cohort, key) == "none" for key in RECIPE_OPTIONS)
 
 
 def test_with_the_recipe_common_student_1_trains_as_the_network_alone(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ROOT, SYNTHETIC, child_env, run_module
 
-SMALL = [*SYNTHETIC, "--milestones=", "--epochs=2", "--verbose=quiet"]
+SMALL = [*SYNTHETIC, "--milestones=", "--epochs=2", "--verbose=quiet", "--loss_weights=paper"]  # the paper's FFSD
 CE = ["--noleader", "--nomutual_learning", "--diversity=none"]
 MODELS = ["student1", "student2", "students_mean", "ensemble", "ens_any", "fusion", "leader"]
 

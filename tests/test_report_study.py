@@ -20,10 +20,12 @@ from tests.conftest import ROOT, child_env
 SMALL = ["--dataset=synthetic", "--synthetic_classes=4", "--synthetic_train=128", "--synthetic_test=64",
          "--image_size=16", "--model=resnet8", "--batch_size=32", "--milestones=", "--epochs=2",
          "--verbose=quiet", "--seed=1"]
-METHODS = {
-    "ce": ["--num_students=1", "--noleader", "--nomutual_learning", "--diversity=none", "--self_distillation=none"],
-    "dml": ["--noleader", "--diversity=none", "--self_distillation=none", "--lambda_kl_schedule=exp_warmup:5"],
-    "ffsd_paper": [],
+METHODS = {  # as experiments/budget_study/methods/
+    "ce": ["--num_students=1", "--noleader", "--nomutual_learning", "--diversity=none", "--self_distillation=none",
+           "--loss_weights=paper"],
+    "dml": ["--noleader", "--diversity=none", "--self_distillation=none", "--loss_weights=paper",
+            "--lambda_kl_schedule=exp_warmup:5"],
+    "ffsd_paper": ["--loss_weights=paper"],
     "ffsd_recipe": [f"--flagfile={ROOT}/experiments/recipes/robust.flags"],
 }
 ENV = child_env()

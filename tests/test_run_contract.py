@@ -90,10 +90,24 @@ def test_every_flag_is_a_setting_or_cohort_field_with_the_same_default(parsed):
     config = RunConfig.from_flags(FLAGS)
     names = set(config.settings()) | {f.name for f in dataclasses.fields(config.cohort)}
     assert set(module_flags) == names - {"num_classes", "input_shape", "teacher"}
+    from ffsd_tf.recipes import set_flag_values
+
+    filled = set_flag_values(default("loss_weights"))  # flags the --loss_weights set fills: default None
+    settings = {**config.settings(), **dataclasses.asdict(config.cohort)}
     for name, flag in module_flags.items():
+        if name in filled:
+            assert flag.default is None, name
+            value = settings[name] if name in settings else None
+            if value is not None:  # the config's value with no flag given is the default set's
+                assert value == filled[name], name
+            continue
         want = default(name)
         got = [int(m) for m in flag.default] if name == "milestones" else flag.default
         assert got == (list(want) if isinstance(want, tuple) else want), name
+    weights = config.loss_weights.functions()
+    for key in weights:  # the weights themselves: the default set's, epoch by epoch
+        want = set_flag_values(default("loss_weights"))[f"lambda_{key}"]
+        assert abs(weights[key](30) - want) < 1e-9, key
 
 
 def test_config_json_round_trips_and_replace_names_flags():
