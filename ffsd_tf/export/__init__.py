@@ -355,7 +355,7 @@ def _build(tmp, leader, *, formats, version, mean, std, class_names, image_shape
         default = loaded.signatures[serving.DEFAULT_SIGNATURE]
         as_uint8 = loaded.signatures[serving.UINT8_SIGNATURE]
         signatures = {}
-        for key, fn in ((serving.DEFAULT_SIGNATURE, default), (serving.UINT8_SIGNATURE, as_uint8)):
+        for key, fn in sorted(loaded.signatures.items()):
             spec = fn.structured_input_signature[1][serving.INPUT_NAME]
             outputs = fn.structured_outputs
             signatures[key] = {

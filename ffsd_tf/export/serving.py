@@ -13,7 +13,17 @@ Signatures (both with a variable batch size and a fixed ``H, W, C``):
 ``serving_uint8``
     ``images``: uint8 ``[batch, H, W, C]``, the same pixels as bytes.
 
-Both return ``probabilities`` float32 ``[batch, K]``, ``classes`` int32 ``[batch, k]`` (top-k class
+``serving_bytes`` (square inputs, ``H == W``)
+    ``images``: string ``[batch]``, each an encoded image file (JPEG, PNG, BMP or GIF; any size,
+    grayscale, RGB or with alpha), as a client holds it (TF Serving's REST API carries it as
+    ``{"b64": ...}``). Each is decoded, resized and given the model's channels by exactly the
+    rules of training on a folder (``ffsd_tf.data.images.load_image``: bilinear with
+    antialiasing, rounded to uint8; alpha dropped; gray repeated to RGB), in the graph, then goes
+    the ``serving_uint8`` path. A string that is not such an image, an empty one, or one whose
+    header states more than ``images.MAX_IMAGE_PIXELS`` pixels fails that request
+    (``InvalidArgumentError``; TF Serving answers 400) and nothing else.
+
+All three return ``probabilities`` float32 ``[batch, K]``, ``classes`` int32 ``[batch, k]`` (top-k class
 indices, most likely first), ``scores`` float32 ``[batch, k]`` (their probabilities) and
 ``class_names`` string ``[batch, k]``. The training normalisation ``(pixels / 255 - mean) / std``
 runs inside the graph. A tensor of another rank, spatial size or channel count is refused by an
@@ -40,8 +50,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ffsd_tf.data import images as image_files
+
 DEFAULT_SIGNATURE = "serving_default"
 UINT8_SIGNATURE = "serving_uint8"
+BYTES_SIGNATURE = "serving_bytes"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("probabilities", "classes", "scores", "class_names")
 CLASS_NAMES_ASSET = "class_names.txt"
@@ -132,6 +145,22 @@ class LeaderServing(tf.Module):
 
         self.serve_float = tf.function(outputs, input_signature=[tf.TensorSpec(shape, tf.float32, name=INPUT_NAME)])
         self.serve_uint8 = tf.function(outputs, input_signature=[tf.TensorSpec(shape, tf.uint8, name=INPUT_NAME)])
+
+        def outputs_from_files(encoded):
+            encoded = tf.ensure_shape(encoded, [None])
+            with tf.control_dependencies([tf.debugging.assert_less_equal(
+                tf.shape(encoded)[0], MAX_BATCH,
+                message=f"batch of images is over the SavedModel's maximum of {MAX_BATCH}; split the request",
+            )]):
+                encoded = tf.identity(encoded)
+            pixels = tf.map_fn(lambda data: image_files.load_image(data, h, c), encoded,
+                               fn_output_signature=tf.TensorSpec([h, w, c], tf.uint8))
+            return outputs(pixels)
+
+        self.serve_bytes = None
+        if h == w:  # the training resize is to a square
+            self.serve_bytes = tf.function(outputs_from_files, autograph=False,
+                                           input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
         # Plain Python callables are not tracked, so the TFLite graph is not saved in the SavedModel.
         self._probabilities = probabilities
         self._input_shape = tuple(shape)
@@ -148,10 +177,13 @@ class LeaderServing(tf.Module):
         return fn.get_concrete_function()
 
     def signatures(self) -> dict:
-        return {
+        out = {
             DEFAULT_SIGNATURE: self.serve_float.get_concrete_function(),
             UINT8_SIGNATURE: self.serve_uint8.get_concrete_function(),
         }
+        if self.serve_bytes is not None:
+            out[BYTES_SIGNATURE] = self.serve_bytes.get_concrete_function()
+        return out
 
 
 def save(module: LeaderServing, path: str) -> None:
