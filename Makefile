@@ -46,8 +46,11 @@ test: venv
 example: install fashion-mnist
 	$(PY) examples/python_api.py
 
+# The training step, the --dataset=folder cache, and held-out photos through serving_bytes (BENCHMARKS.md).
 bench: venv
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/bench.py --folder
+	$(PY) benchmarks/bench.py --serving
 
 # Step-by-step parity with the authors' trainer (float64, 200 steps each; see docs/parity.md).
 parity: parity-deps

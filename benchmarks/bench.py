@@ -2,6 +2,9 @@
 
     python benchmarks/bench.py [--model=resnet32] [--steps=15] [--batch_size=128]
     python benchmarks/bench.py --folder    # the --dataset=folder cache (benchmarks/folder_cache.py)
+    python benchmarks/bench.py --serving   # held-out photos through serving_bytes (benchmarks/serving_check.py)
+
+``make bench`` runs all three.
 
 Reports images/s of (a) one network trained with a plain Keras ``fit`` (CE, SGD), (b) the FFSD
 step with n common students (n+1 networks + fusion + decoders), (c) the same with
@@ -31,6 +34,8 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).")
 flags.DEFINE_bool("jit", True, "Also time the FFSD step with jit_compile.")
 flags.DEFINE_bool("folder", False, "Instead: the --dataset=folder cache benchmark (benchmarks/folder_cache.py: "
                   "preparation throughput, peak RSS, start-up, streaming vs in-memory training).")
+flags.DEFINE_bool("serving", False, "Instead: held-out photo files through the SavedModel's serving_bytes against the "
+                  "run's own evaluation (benchmarks/serving_check.py).")
 FLAGS = flags.FLAGS
 
 
@@ -110,11 +115,11 @@ def time_pipeline(batches=60):
 
 def main(argv):
     del argv
-    if FLAGS.folder:  # its own script and flags (runnable alone); children measure memory and start-up
+    if FLAGS.folder or FLAGS.serving:  # their own scripts and flags (runnable alone), in child processes
         import subprocess
 
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "folder_cache.py")
-        raise SystemExit(subprocess.call([sys.executable, script]))
+        name = "folder_cache.py" if FLAGS.folder else "serving_check.py"
+        raise SystemExit(subprocess.call([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), name)]))
     import tensorflow as tf
 
     from ffsd_tf.flops import ffsd_step_flops, model_flops
