@@ -528,7 +528,7 @@ class RunConfig:
 # Cohort fields set by a flag of the same name (num_classes and input_shape come from the data,
 # teacher from --teacher_run's config.json).
 _COHORT_FLAGS = ("model", "num_students", "temperature", "mutual_learning", "leader", "fusion", "diversity",
-                 "self_distillation", "sync_batchnorm", "teacher_loss", "leader_kl_mask")
+                 "self_distillation", "sync_batchnorm", "teacher_loss", "leader_kl_mask", "ema_decay", "ema_teacher")
 
 
 def flag_value(name: str, value):

@@ -70,6 +70,13 @@ flags.DEFINE_enum("leader_kl_mask", None, LEADER_KL_MASKS,
                   "The leader's KL (Eq. 14) on every sample (none, the paper) or only where its teacher "
                   "is right (teacher_correct; not in the paper). Default: --loss_weights' (recipe: "
                   "teacher_correct with a leader).")
+flags.DEFINE_float("ema_decay", default("ema_decay"),
+                   "Keep an exponential moving average of every classifier's weights (students, fusion module, "
+                   "leader), decay per step (e.g. 0.995; warmed up as in the mean teacher), evaluated beside "
+                   "it as <name>_ema; 0 = none (the paper). Not in the paper.")
+flags.DEFINE_bool("ema_teacher", default("ema_teacher"),
+                  "The leader's teacher (Eq. 14 and its KL mask) is the averaged cohort (--ema_decay > 0), "
+                  "not the live fusion classifier. Not in the paper.")
 flags.DEFINE_string("teacher_run", default("teacher_run"),
                     "Run directory of a trained network to distil offline into the common students "
                     "(Table II's KD / AT; needs --noleader): its leader, or its student1 if it had none.")

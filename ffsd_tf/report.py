@@ -110,7 +110,7 @@ def _read_json(path: str):
 # Cohort fields added to config.json after runs were made, with the value those runs trained with
 # (FFSDConfig's default; tests/test_report.py holds them equal): a run directory written before a
 # field existed groups with the runs that state it.
-LATER_COHORT_DEFAULTS = {"leader_kl_mask": "none"}
+LATER_COHORT_DEFAULTS = {"leader_kl_mask": "none", "ema_decay": 0.0, "ema_teacher": False}
 
 
 def load_run(path: str) -> dict:
@@ -178,9 +178,15 @@ def method_with_weights(run: dict) -> str:
 
 def method_label(model: dict) -> str:
     """A short name of the training method of a cohort config (the paper's column names), with
-    " + teacher-correct leader KL" for ``leader_kl_mask="teacher_correct"`` (not in the paper)."""
+    " + teacher-correct leader KL" for ``leader_kl_mask="teacher_correct"``, " + EMA teacher" and
+    " (EMA d)" for ``ema_teacher`` and ``ema_decay`` (not in the paper)."""
     masked = model.get("leader_kl_mask", "none") == "teacher_correct"
-    return _cohort_label(model) + (" + teacher-correct leader KL" if masked else "")
+    label = _cohort_label(model) + (" + teacher-correct leader KL" if masked else "")
+    if model.get("ema_teacher", False):
+        label += " + EMA teacher"
+    if model.get("ema_decay", 0.0):
+        label += f" (EMA {model['ema_decay']:g})"
+    return label
 
 
 def _cohort_label(model: dict) -> str:

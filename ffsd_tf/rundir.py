@@ -247,15 +247,28 @@ def is_student(name: str) -> bool:
     return name.startswith("student") and name[len("student"):].isdigit()
 
 
+AVERAGE = "_ema"  # "<model>_ema": the weight average of a network (ffsd_tf.averaging)
+
+
 def model_label(name: str) -> str:
+    if name.endswith(AVERAGE):
+        return f"{model_label(name[: -len(AVERAGE)])} (weight average)"
     return MODEL_LABELS.get(name) or name.replace("student", "Common student ")
+
+
+def _result_order(names) -> list[str]:
+    """Students, then MODEL_LABELS' models, each followed by its weight average where there is one."""
+    names = set(names)
+    base = sorted((k for k in names if is_student(k)), key=lambda k: int(k[len("student"):])) + list(MODEL_LABELS)
+    return [k for b in base for k in (b, b + AVERAGE) if k in names]
 
 
 def summarize(history: list[dict], num_students: int) -> dict:
     """Best (with its epoch) and final test accuracy of every model from the per-epoch history."""
     evaluated = [h for h in history if any(k.startswith("val_") for k in h)]
     results = {}
-    for name in [f"student{i + 1}" for i in range(num_students)] + list(MODEL_LABELS):
+    names = [f"student{i + 1}" for i in range(num_students)] + list(MODEL_LABELS)
+    for name in _result_order(names + [n + AVERAGE for n in names]):
         key = f"val_{name}/acc"
         series = [(h["epoch"], h[key]) for h in evaluated if key in h]
         if not series:
@@ -268,8 +281,7 @@ def summarize(history: list[dict], num_students: int) -> dict:
 def results_table(accuracy: dict) -> str:
     """results.md's table of ``summarize``'s accuracies (percent)."""
     lines = ["| model | best test acc (%) | epoch | final test acc (%) |", "|---|---:|---:|---:|"]
-    order = [k for k in accuracy if is_student(k)] + [k for k in MODEL_LABELS if k in accuracy]
-    for k in order:
+    for k in _result_order(accuracy):
         r = accuracy[k]
         lines.append(f"| {model_label(k)} | {100 * r['best']:.2f} | {r['best_epoch']} | {100 * r['final']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -465,7 +477,8 @@ def restore_latest_good(checkpoint, run_dir: str, warn=None) -> str:
 
 def checkpoint_for(model: FFSD, with_optimizers: bool = True):
     """What a checkpoint holds: every network (weights and BN statistics) by name, the epoch and
-    loss-weight state, and every optimizer (slots + iterations).
+    loss-weight state, every optimizer (slots + iterations), and the weight averages with their
+    update count where the cohort keeps them (``ema_decay`` > 0).
 
     Networks are listed explicitly: TensorFlow's object graph does not follow Keras' lists and
     dicts of sub-models (``common_students``, ``sd_decoders``), so checkpointing the trainer
@@ -475,6 +488,9 @@ def checkpoint_for(model: FFSD, with_optimizers: bool = True):
 
     state = {"epoch": model.epoch, **{f"w_{k}": v for k, v in model.loss_weight_vars.items()}}
     parts = {"networks": dict(model.networks), "state": state}
+    if model.averages:  # ema_decay > 0 only, so a run without averages reads as it always has
+        parts["averages"] = dict(model.averaged_networks)
+        state["ema_updates"] = model.ema_updates
     if with_optimizers and getattr(model, "optimizer", None) is not None:
         parts["optimizers"] = dict(model.optimizers)
     return tf.train.Checkpoint(**parts)

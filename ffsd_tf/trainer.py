@@ -63,7 +63,7 @@ from typing import Callable, Mapping
 import keras
 import tensorflow as tf
 
-from ffsd_tf import loss_terms, losses
+from ffsd_tf import averaging, loss_terms, losses
 from ffsd_tf.attention import diversity_feature_target, loss_float
 from ffsd_tf.fusion import build_fusion_module, build_trans_fusion
 from ffsd_tf.keras_adapter import KerasPrivateOverrides
@@ -166,6 +166,12 @@ class FFSDConfig:
       (not in the paper: the leader's KL only on the samples its teacher classifies correctly,
       so a wrong teacher never pulls against the label; the other samples add 0, the mean stays
       over the whole batch).
+    * ``ema_decay`` (not in the paper): > 0 keeps an exponential moving average of every
+      classifier's weights (common students, fusion module, leader; ``ffsd_tf.averaging``, decay
+      per step, warmed up), evaluated beside it as ``<name>_ema``; 0 (the paper): none.
+    * ``ema_teacher`` (not in the paper; needs ``ema_decay`` > 0 and a leader): the leader's teacher
+      in Eq. 14 (and its KL mask) is the averaged cohort, the averaged fusion classifier on the
+      averaged students' features (their mean logits without fusion), not the live one.
     """
 
     model: str = "resnet32"
@@ -182,6 +188,8 @@ class FFSDConfig:
     teacher: str | None = None
     teacher_loss: str = "kd"
     leader_kl_mask: str = "none"
+    ema_decay: float = 0.0
+    ema_teacher: bool = False
 
     def __post_init__(self):
         if self.num_students < 1:
@@ -202,6 +210,13 @@ class FFSDConfig:
             raise ValueError("leader_kl_mask masks the leader's KL: it needs leader=True, or leader_kl_mask=none")
         if self.teacher is not None and self.leader:
             raise ValueError("an offline teacher is distilled into the common students only; use leader=False")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no weight averages; e.g. 0.995), got {self.ema_decay}")
+        if self.ema_teacher and not self.leader:
+            raise ValueError("ema_teacher is the leader's teacher: it needs leader=True, or ema_teacher=False")
+        if self.ema_teacher and self.ema_decay == 0.0:
+            raise ValueError("ema_teacher distils the averaged cohort into the leader: it needs ema_decay > 0 "
+                             "(e.g. 0.995)")
 
     @property
     def student_decoders(self) -> bool:
@@ -267,6 +282,9 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             for key in LOSS_WEIGHTS
         }
         self.epoch = self.add_weight(name="epoch", shape=(), initializer="zeros", dtype="int64", trainable=False)
+        # Updates of the weight averages made so far (t of ffsd_tf.averaging; checkpointed with them).
+        self.ema_updates = self.add_weight(name="ema_updates", shape=(), initializer="zeros", dtype="int64",
+                                           trainable=False)
         self._train_trackers, self._eval_trackers = self._make_trackers()
 
     def _build_cohort(self, config: FFSDConfig):
@@ -307,6 +325,26 @@ class FFSD(KerasPrivateOverrides, keras.Model):
                     f"{config.teacher} has {teacher_shapes}, {config.model} has {student_shapes}; distil by KD only "
                     "(teacher_loss kd)"
                 )
+        # Weight averages (ffsd_tf.averaging): a copy of every classifier, trained by no optimizer,
+        # started at its network's initial weights.
+        self.averages: dict[str, keras.Model] = {}
+        self._average_pairs = []
+        if config.ema_decay > 0:
+            live = {student_name(i): s for i, s in enumerate(self.common_students)}
+            if self.fusion is not None:
+                live["fusion"] = self.fusion
+            if self.leader is not None:
+                live["leader"] = self.leader
+            for name, net in live.items():
+                if name == "fusion":
+                    copy = build_fusion_module(feature_shapes[-1], config.num_students, config.num_classes,
+                                               name="fusion_ema")
+                else:
+                    copy = build(f"{name}_ema")
+                copy.trainable = False
+                self.averages[name] = copy
+                self._average_pairs += averaging.weight_pairs(copy, net)
+            averaging.copy_weights(self._average_pairs)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -344,13 +382,24 @@ class FFSD(KerasPrivateOverrides, keras.Model):
     def active_roles(self) -> list[str]:
         return [r for r in ROLES if self.role_models[r]]
 
-    def deployable_leader(self) -> keras.Model:
+    @property
+    def averaged_networks(self) -> dict[str, keras.Model]:
+        """The weight averages by name (``<network>_ema``; empty with ``ema_decay=0``)."""
+        return {m.name: m for m in self.averages.values()}
+
+    def deployable_leader(self, average: bool = False) -> keras.Model:
         """The model to ship: the leader backbone mapping images to logits (no sigma, no decoder).
 
-        With ``leader=False`` (DML / baseline runs) the first common student is returned. Logits
-        are float32 whatever the training precision.
+        With ``leader=False`` (DML / baseline runs) the first common student is returned; with
+        ``average=True`` its weight average (``ema_decay`` > 0). Logits are float32 whatever the
+        training precision.
         """
         net = self.leader if self.leader is not None else self.common_students[0]
+        if average:
+            key = "leader" if self.leader is not None else student_name(0)
+            if key not in self.averages:
+                raise ValueError("this cohort keeps no weight averages (ema_decay=0): export the network itself")
+            net = self.averages[key]
         logits = net.output["logits"]
         if logits.dtype != "float32":
             logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(logits)
@@ -459,6 +508,10 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             evaluation += ["teacher/acc", "teacher/loss"]
         if c.num_students > 1:
             evaluation += ["students_mean/acc", "ensemble/acc", "ens_any/acc"]
+        for name in self.averages:  # the weight averages, evaluated beside their networks
+            evaluation += [f"{name}_ema/acc", f"{name}_ema/loss"]
+        if c.ema_teacher:  # on the training batches: the samples the leader's KL mask keeps
+            train.insert(train.index("leader/acc") + 1, "ema_teacher/acc")
         train.append("loss")
         evaluation.append("loss")
         return {n: keras.metrics.Mean(name=n) for n in train}, {n: keras.metrics.Mean(name=n) for n in evaluation}
@@ -535,7 +588,10 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             lo = self.leader(images, training=training)
             z_0, f_0 = lo["logits"], lo["features"]
             logits["leader"] = z_0
-            z_teach = z_f if c.fusion else z_ensemble
+            if c.ema_teacher:
+                z_teach = logits["ema_teacher"] = self._averaged_teacher_logits(images)
+            else:
+                z_teach = z_f if c.fusion else z_ensemble
             mask = losses.teacher_correct(z_teach, labels) if c.leader_kl_mask == "teacher_correct" else None
             own = raw["leader"] = {
                 "ce": losses.cross_entropy(z_0, labels),
@@ -585,6 +641,9 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             n = len(variables[r])
             self.optimizers[r].apply_gradients(zip(grads[offset : offset + n], variables[r]))
             offset += n
+        if self._average_pairs:  # after the step: every average follows its network's new weights
+            averaging.update(self._average_pairs, averaging.decay_at(self.ema_updates, self.config.ema_decay))
+            self.ema_updates.assign_add(1)
         terms["loss"] = total
         logs = self._update_trackers(self._train_trackers, terms, logits, labels)
         logs.update({f"weights/{k}": tf.convert_to_tensor(self.loss_weight_vars[k]) for k in self.active_loss_weights})
@@ -606,7 +665,36 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         if self.teacher is not None:
             logits["teacher"] = self.teacher(images, training=False)["logits"]
             terms["teacher/loss"] = losses.cross_entropy(logits["teacher"], labels)
+        if self.averages:  # outside "loss" (the trained models' CE sum)
+            averaged = self._averaged_logits(images)
+            terms.update({f"{k}/loss": losses.cross_entropy(v, labels) for k, v in averaged.items()})
+            logits.update(averaged)
         return self._step_logs(self._update_trackers(self._eval_trackers, terms, logits, labels))
+
+    def _averaged_logits(self, images) -> dict[str, tf.Tensor]:
+        """Every weight average's logits in inference mode: ``<name>_ema`` -> logits."""
+        out, feats = {}, []
+        for i in range(self.config.num_students):
+            o = self.averages[student_name(i)](images, training=False)
+            out[f"{student_name(i)}_ema"] = o["logits"]
+            feats.append(o["features"][-1])
+        if "fusion" in self.averages:
+            out["fusion_ema"] = self.averages["fusion"](tf.concat(feats, axis=-1), training=False)["logits"]
+        if "leader" in self.averages:
+            out["leader_ema"] = self.averages["leader"](images, training=False)["logits"]
+        return out
+
+    def _averaged_teacher_logits(self, images) -> tf.Tensor:
+        """``ema_teacher``: the leader's Eq. 14 teacher, the averaged fusion classifier on the averaged
+        students' F^L (without fusion, their mean logits); inference mode, no gradient."""
+        n = self.config.num_students
+        outs = [self.averages[student_name(i)](images, training=False) for i in range(n)]
+        if self.config.fusion:
+            f_e = tf.concat([o["features"][-1] for o in outs], axis=-1)
+            z = loss_float(self.averages["fusion"](f_e, training=False)["logits"])
+        else:
+            z = tf.add_n([loss_float(o["logits"]) for o in outs]) / float(n)
+        return tf.stop_gradient(z)
 
     def _update_trackers(self, trackers, terms, logits, labels):
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
