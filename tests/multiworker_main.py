@@ -29,16 +29,18 @@ GLOBAL_BATCH = 16
 
 
 def state_arrays(model) -> dict:
-    """Every network's weights (trainable and BN statistics) and every optimizer's variables."""
+    """Every network's weights (trainable and BN statistics), every weight average's, and every
+    optimizer's variables."""
     out = {}
-    for net_name, net in model.networks.items():
+    nets = {**model.networks, **model.averaged_networks}
+    for net_name, net in nets.items():
         for v in net.weights:
             kind = "trainable" if v.trainable else "non_trainable"
             out[f"{net_name}/{kind}/{v.path}"] = np.array(v.numpy())
     for role, opt in model.optimizers.items():
         for i, v in enumerate(opt.variables):
             out[f"optimizer/{role}/{i:03d}/{v.path}"] = np.array(v.numpy())
-    expected = sum(len(n.weights) for n in model.networks.values())
+    expected = sum(len(n.weights) for n in nets.values())
     expected += sum(len(o.variables) for o in model.optimizers.values())
     assert len(out) == expected, "state keys are not unique"
     return out
@@ -66,7 +68,8 @@ def build(strategy, seed: int = 0):
         # Every weight constant at the paper's full value (fit sets each epoch's weights from the
         # schedules, and warm-up values near zero would leave terms untested).
         full = {k: value for k, (value, _) in PAPER_LOSS_WEIGHTS.items()}
-        model = FFSD(FFSDConfig(sync_batchnorm=True, **TINY), loss_weights=full)
+        # With weight averages (updated inside the replicated step; the live teacher kept).
+        model = FFSD(FFSDConfig(sync_batchnorm=True, ema_decay=0.9, **TINY), loss_weights=full)
         model.set_epoch(5)
         model.compile(optimizers())
     return model
@@ -91,6 +94,8 @@ def mirrored(out: str) -> None:
     mirror = build(strategy, seed=1)  # other initial weights on purpose: the copy below must win
     for name, net in single.networks.items():
         mirror.networks[name].set_weights(net.get_weights())
+    for name, net in single.averaged_networks.items():
+        mirror.averaged_networks[name].set_weights(net.get_weights())
     layers = [layer for net in mirror.networks.values() for layer in net.layers]
     bn = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
     meta = {

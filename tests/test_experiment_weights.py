@@ -128,6 +128,11 @@ def test_every_flagfile_trains_what_it_trained_before_the_flag(parsed, at_root, 
     ("ffsd_kl_warmup", KL_WARMUP_LOSS_WEIGHTS, "none"),
     ("dml", {**PAPER_LOSS_WEIGHTS, "kl": (1.0, "exp_warmup:5")}, "none"),
     ("ce", PAPER_LOSS_WEIGHTS, "none"),
+    ("ce_ema", PAPER_LOSS_WEIGHTS, "none"),
+    ("ffsd_recipe_ema_teacher", RECIPE_LOSS_WEIGHTS, "teacher_correct"),
+    ("ffsd_recipe_n1", RECIPE_LOSS_WEIGHTS, "teacher_correct"),
+    ("ffsd_recipe_n3", RECIPE_LOSS_WEIGHTS, "teacher_correct"),
+    ("ffsd_recipe_nosd", RECIPE_LOSS_WEIGHTS, "teacher_correct"),
 ])
 def test_the_budget_study_methods_keep_their_sets(parsed, at_root, method, weights, mask):
     setting = "experiments/budget_study/settings/c10_r20_5k_10ep.flags"
