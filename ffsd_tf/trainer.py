@@ -399,7 +399,9 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             key = "leader" if self.leader is not None else student_name(0)
             if key not in self.averages:
                 raise ValueError("this cohort keeps no weight averages (ema_decay=0): export the network itself")
-            net = self.averages[key]
+            average_net = self.averages[key]
+            net = keras.models.clone_model(average_net)  # trainable again, the cohort's copy untouched
+            net.set_weights(average_net.get_weights())
         logits = net.output["logits"]
         if logits.dtype != "float32":
             logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(logits)

@@ -5,13 +5,14 @@ checkpoint, and the CLI's results."""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from ffsd_tf import averaging, rundir
 from ffsd_tf.trainer import FFSD, FFSDConfig
-from tests.conftest import SYNTHETIC, TINY_COHORT as TINY, run_cli
+from tests.conftest import SYNTHETIC, TINY_COHORT as TINY, run_cli, run_module
 
 
 def data(seed=0, n=16):
@@ -175,8 +176,30 @@ def test_cli_ce_with_a_weight_average_reports_both(tmp_path):
     accuracy = json.loads((out / "results.json").read_text())["accuracy"]
     assert {"student1", "student1_ema"} <= set(accuracy)
     assert "Common student 1 (weight average)" in (out / "results.md").read_text()
+    # Its average is what --average exports (leader.keras holds the averaged weights), its network otherwise.
+    export = ["--formats=savedmodel", "--max_eval=16", "--max_representative=8", "--latency_repeats=1"]
+    res = run_module("ffsd_tf.export", [str(out), "--average", f"--export_dir={tmp_path / 'avg'}", *export])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "avg" / "1" / "report.json").read_text())["weights"] == "average"
+    model, _, _ = rundir.restore_model(str(out))
+    shipped = keras.models.load_model(tmp_path / "avg" / "1" / "leader.keras")
+    for a, b in zip(shipped.get_weights(), model.averages["student1"].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(shipped.get_weights(), model.common_students[0].get_weights()))
     bad = run_cli([*SYNTHETIC, "--ema_teacher", "--epochs=1", f"--output_dir={tmp_path / 'bad'}"])
     assert bad.returncode != 0
     lines = [line for line in bad.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith("error: --ema_teacher") and "ema_decay > 0" in lines[-1], bad.stderr[-800:]
     assert not (tmp_path / "bad").exists()
+
+
+def test_exporting_the_average_of_a_run_without_one_is_one_line(tmp_path):
+    out = tmp_path / "plain"
+    res = run_cli([*SYNTHETIC, "--num_students=1", "--noleader", "--nomutual_learning", "--diversity=none",
+                   "--self_distillation=none", "--epochs=2", "--milestones=1", f"--output_dir={out}", "--verbose=quiet"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_module("ffsd_tf.export", [str(out), "--average", f"--export_dir={tmp_path / 'x'}"])
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert "kept no weight averages" in lines[-1] and "without --average" in lines[-1], res.stderr[-800:]
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())

@@ -71,9 +71,10 @@ def resolve_version(export_dir: str, version: int | None) -> int:
     return version
 
 
-def published_version(export_dir: str, checkpoint: str) -> str | None:
+def published_version(export_dir: str, checkpoint: str, weights: str = "network") -> str | None:
     """The version directory in ``export_dir`` already exported from a checkpoint named like
-    ``checkpoint`` (its ``report.json`` source), or None. Damaged reports count as no export."""
+    ``checkpoint`` (its ``report.json`` source) with the same ``weights`` ("network", or "average":
+    its weight average), or None. Damaged reports count as no export."""
     import json
 
     name = os.path.basename(os.fspath(checkpoint))
@@ -81,10 +82,11 @@ def published_version(export_dir: str, checkpoint: str) -> str | None:
         path = os.path.join(export_dir, str(version))
         try:
             with open(os.path.join(path, "report.json"), "rb") as f:
-                source = json.loads(f.read().decode("utf-8")).get("source")
+                saved = json.loads(f.read().decode("utf-8"))
+                source, kind = saved.get("source"), saved.get("weights", "network")
         except (OSError, ValueError, AttributeError):
             continue
-        if isinstance(source, str) and os.path.basename(source) == name:
+        if isinstance(source, str) and os.path.basename(source) == name and kind == weights:
             return path
     return None
 
@@ -196,6 +198,7 @@ def export_leader(
     latency_repeats: int = 10,
     source: str | None = None,
     splits: tuple[str, str] = ("train", "test"),
+    weights: str = "network",
 ) -> dict:
     """Exports ``leader`` (normalised float32 images -> logits) as ``<export_dir>/<version>/``.
 
@@ -242,6 +245,7 @@ def export_leader(
             tmp, leader, formats=formats, version=version, mean=mean, std=std, class_names=class_names,
             image_shape=image_shape, representative_images=representative_images, eval_images=eval_images,
             eval_labels=eval_labels, top_k=top_k, latency_repeats=latency_repeats, source=source, splits=splits,
+            weights=weights,
         )
         target = os.path.join(export_dir, str(version))
         if os.path.lexists(target):  # someone else published this version meanwhile
@@ -261,7 +265,7 @@ def export_leader(
 
 
 def _build(tmp, leader, *, formats, version, mean, std, class_names, image_shape, representative_images,
-           eval_images, eval_labels, top_k, latency_repeats, source, splits) -> dict:
+           eval_images, eval_labels, top_k, latency_repeats, source, splits, weights="network") -> dict:
     import keras
     import tensorflow as tf
 
@@ -282,6 +286,7 @@ def _build(tmp, leader, *, formats, version, mean, std, class_names, image_shape
         "version": version,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": source,
+        "weights": weights,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
@@ -436,8 +441,10 @@ def export_run(
     formats: Sequence[str] = ALL_FORMATS,
     top_k: int = 5,
     latency_repeats: int = 10,
+    average: bool = False,
 ) -> dict:
-    """Exports the leader of a training run (its latest checkpoint, or the checkpoint given).
+    """Exports the leader of a training run (its latest checkpoint, or the checkpoint given);
+    ``average=True``: its weight average (a run trained with ``--ema_decay`` > 0).
 
     Representative images are a seeded sample of ``max_representative`` training images;
     evaluation uses a seeded sample of ``max_eval`` test images. Default ``export_dir``:
@@ -453,11 +460,13 @@ def export_run(
     export_dir = export_dir or os.path.join(run_dir, rundir.EXPORT)
     resolve_version(export_dir, version)  # an existing version fails before the restore
     model, meta, checkpoint = rundir.restore_model(path)
+    if average and not model.averages:
+        raise ExportError(f"{run_dir} kept no weight averages (trained with --ema_decay=0): export without --average")
     bundle = rundir.load_run_data(run_dir)
     return export_model(
         model, bundle, export_dir=export_dir, class_names=meta.get("class_names"), mean=meta["mean"],
         std=meta["std"], version=version, max_eval=max_eval, max_representative=max_representative,
-        formats=formats, top_k=top_k, latency_repeats=latency_repeats, source=checkpoint,
+        formats=formats, top_k=top_k, latency_repeats=latency_repeats, source=checkpoint, average=average,
     )
 
 
@@ -476,8 +485,10 @@ def export_model(
     top_k: int = 5,
     latency_repeats: int = 10,
     source: str | None = None,
+    average: bool = False,
 ) -> dict:
-    """Exports a trained ``FFSD`` cohort's leader (or any logits model) for the data it learnt.
+    """Exports a trained ``FFSD`` cohort's leader (or any logits model) for the data it learnt;
+    ``average=True``: the leader's weight average (``ema_decay`` > 0; ``FFSD.deployable_leader``).
 
     ``data``: the ``DataBundle`` of ``ffsd_tf.data.load_dataset`` it was trained on; its class
     names and mean/std go into the exports unless given. Representative images are a seeded sample
@@ -485,7 +496,15 @@ def export_model(
     images. Writes ``<export_dir>/<version>/`` (SavedModel, TFLite, ``leader.keras``, report)
     atomically and returns the report.
     """
-    leader = model.deployable_leader() if hasattr(model, "deployable_leader") else model
+    if hasattr(model, "deployable_leader"):
+        try:
+            leader = model.deployable_leader(average=average)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+    elif average:
+        raise ExportError("average=True needs an FFSD cohort trained with ema_decay > 0")
+    else:
+        leader = model
     rep_images, _ = _take(data.raw("train"), max_representative, seed=1)
     eval_images, eval_labels = _take(data.raw("test"), max_eval, seed=2)
     num_classes = int(leader.output_shape[-1])
@@ -504,6 +523,7 @@ def export_model(
         top_k=top_k,
         latency_repeats=latency_repeats,
         source=source,
+        weights="average" if average else "network",
     )
 
 

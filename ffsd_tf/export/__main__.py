@@ -33,7 +33,10 @@ flags.DEFINE_integer("top_k", 5, "How many classes the SavedModel returns per im
 flags.DEFINE_integer("latency_repeats", 10,
                      "Timed calls per format at batch 1 (half as many, at least 3, at batch 32).", lower_bound=1)
 
-USAGE = "usage: ffsd-export RUN_DIR_OR_CHECKPOINT [--export_dir=DIR] [--version=N] [--formats=a,b]"
+flags.DEFINE_bool("average", False, "Export the leader's weight average (a run trained with --ema_decay > 0) "
+                  "instead of its last weights.")
+
+USAGE = "usage: ffsd-export RUN_DIR_OR_CHECKPOINT [--export_dir=DIR] [--version=N] [--formats=a,b] [--average]"
 
 
 def quiet_imports():
@@ -73,6 +76,7 @@ def main(argv):
             max_representative=FLAGS.max_representative,
             top_k=FLAGS.top_k,
             latency_repeats=FLAGS.latency_repeats,
+            average=FLAGS.average,
         )
     except errors as e:
         fail(str(e))

@@ -74,6 +74,8 @@ def markdown(report: dict) -> str:
     ]
     if report.get("source"):
         lines.append(f"- source: `{report['source']}`")
+    if report.get("weights") == "average":
+        lines.append("- weights: the leader's weight average (trained with --ema_decay), not its last weights")
     lines += [
         f"- latency: mean ms per image at batch 1 and 32 on this machine ({report['machine']}); "
         f"TFLite with {report['tflite_threads']} threads",
