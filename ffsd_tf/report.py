@@ -171,7 +171,7 @@ def method_with_weights(run: dict) -> str:
     name = named_set(weights, list(weights), among=tuple(WEIGHT_SET_LABELS))
     if name == "recipe" and run["model"].get("leader", True):
         if all(run["model"].get(k) == v for k, v in RECIPE_OPTIONS.items()):
-            return f"{_cohort_label(run['model'])} (recipe)"
+            return f"{_cohort_label(run['model'])}{_averages_label(run['model'])} (recipe)"
         return f"{label} (recipe weights, leader KL unmasked)"
     return f"{label} ({WEIGHT_SET_LABELS[name]})" if name is not None else f"{label} (custom loss weights)"
 
@@ -181,12 +181,13 @@ def method_label(model: dict) -> str:
     " + teacher-correct leader KL" for ``leader_kl_mask="teacher_correct"``, " + EMA teacher" and
     " (EMA d)" for ``ema_teacher`` and ``ema_decay`` (not in the paper)."""
     masked = model.get("leader_kl_mask", "none") == "teacher_correct"
-    label = _cohort_label(model) + (" + teacher-correct leader KL" if masked else "")
-    if model.get("ema_teacher", False):
-        label += " + EMA teacher"
-    if model.get("ema_decay", 0.0):
-        label += f" (EMA {model['ema_decay']:g})"
-    return label
+    return _cohort_label(model) + (" + teacher-correct leader KL" if masked else "") + _averages_label(model)
+
+
+def _averages_label(model: dict) -> str:
+    """" + EMA teacher" for ``ema_teacher``, then " (EMA d)" for ``ema_decay`` d > 0; else ""."""
+    label = " + EMA teacher" if model.get("ema_teacher", False) else ""
+    return label + (f" (EMA {model['ema_decay']:g})" if model.get("ema_decay", 0.0) else "")
 
 
 def _cohort_label(model: dict) -> str:

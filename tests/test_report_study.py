@@ -121,3 +121,20 @@ def test_method_names_its_loss_weight_set(flags, mask, label):
     dml = {**ce, "num_students": 2, "mutual_learning": True}
     if flags == RECIPE_WEIGHTS:  # no leader, so no mask: the recipe's weights are the recipe
         assert method_with_weights({"model": dml, "flags": flags}) == "DML (recipe)"
+
+
+@pytest.mark.parametrize("extra, label", [
+    ({"ema_decay": 0.995, "ema_teacher": True}, "FFSD + EMA teacher (EMA 0.995) (recipe)"),
+    ({"ema_decay": 0.995}, "FFSD (EMA 0.995) (recipe)"),
+    ({"ema_decay": 0.0, "ema_teacher": False}, "FFSD (recipe)"),
+])
+def test_a_run_with_weight_averages_is_its_own_method(extra, label):
+    """--ema_decay / --ema_teacher runs are named (and so grouped) apart from the plain recipe, and a
+    CE run with an average apart from plain CE."""
+    model = {"model": "resnet8", "num_students": 2, "leader": True, "fusion": True, "mutual_learning": True,
+             "diversity": "attention", "self_distillation": "both", "leader_kl_mask": "teacher_correct", **extra}
+    assert method_with_weights({"model": model, "flags": RECIPE_WEIGHTS}) == label
+    ce = {**model, "num_students": 1, "leader": False, "mutual_learning": False, "diversity": "none",
+          "leader_kl_mask": "none", "ema_teacher": False}
+    assert method_with_weights({"model": ce, "flags": {}}) == (
+        f"CE baseline (EMA {extra['ema_decay']:g})" if extra["ema_decay"] else "CE baseline")
