@@ -176,7 +176,7 @@ def test_cli_ce_with_a_weight_average_reports_both(tmp_path):
     accuracy = json.loads((out / "results.json").read_text())["accuracy"]
     assert {"student1", "student1_ema"} <= set(accuracy)
     assert "Common student 1 (weight average)" in (out / "results.md").read_text()
-    # Its average is what --average exports (leader.keras holds the averaged weights), its network otherwise.
+    # --average exports the average: leader.keras holds its weights, not the network's.
     export = ["--formats=savedmodel", "--max_eval=16", "--max_representative=8", "--latency_repeats=1"]
     res = run_module("ffsd_tf.export", [str(out), "--average", f"--export_dir={tmp_path / 'avg'}", *export])
     assert res.returncode == 0, res.stderr[-2000:]
