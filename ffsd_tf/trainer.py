@@ -673,8 +673,9 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             logits.update(averaged)
         return self._step_logs(self._update_trackers(self._eval_trackers, terms, logits, labels))
 
-    def _averaged_logits(self, images) -> dict[str, tf.Tensor]:
-        """Every weight average's logits in inference mode: ``<name>_ema`` -> logits."""
+    def _averaged_logits(self, images, leader: bool = True) -> dict[str, tf.Tensor]:
+        """Every weight average's logits in inference mode: ``<name>_ema`` -> logits (the averaged
+        fusion classifier on the averaged students' F^L; ``leader=False``: without the leader's)."""
         out, feats = {}, []
         for i in range(self.config.num_students):
             o = self.averages[student_name(i)](images, training=False)
@@ -682,21 +683,18 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             feats.append(o["features"][-1])
         if "fusion" in self.averages:
             out["fusion_ema"] = self.averages["fusion"](tf.concat(feats, axis=-1), training=False)["logits"]
-        if "leader" in self.averages:
+        if leader and "leader" in self.averages:
             out["leader_ema"] = self.averages["leader"](images, training=False)["logits"]
         return out
 
     def _averaged_teacher_logits(self, images) -> tf.Tensor:
-        """``ema_teacher``: the leader's Eq. 14 teacher, the averaged fusion classifier on the averaged
-        students' F^L (without fusion, their mean logits); inference mode, no gradient."""
-        n = self.config.num_students
-        outs = [self.averages[student_name(i)](images, training=False) for i in range(n)]
+        """``ema_teacher``: the leader's Eq. 14 teacher, the averaged fusion classifier's logits
+        (without fusion, the averaged students' mean logits); no gradient."""
+        z = self._averaged_logits(images, leader=False)
         if self.config.fusion:
-            f_e = tf.concat([o["features"][-1] for o in outs], axis=-1)
-            z = loss_float(self.averages["fusion"](f_e, training=False)["logits"])
-        else:
-            z = tf.add_n([loss_float(o["logits"]) for o in outs]) / float(n)
-        return tf.stop_gradient(z)
+            return tf.stop_gradient(loss_float(z["fusion_ema"]))
+        n = self.config.num_students
+        return tf.stop_gradient(tf.add_n([loss_float(z[f"{student_name(i)}_ema"]) for i in range(n)]) / float(n))
 
     def _update_trackers(self, trackers, terms, logits, labels):
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
