@@ -135,6 +135,7 @@ class RuntimeConfig:
     export: bool = False
     export_dir: str | None = None
     reexport: bool = False
+    export_average: bool = False
 
 
 SECTIONS = {"data": DataConfig, "optimization": OptimizationConfig, "runtime": RuntimeConfig}
@@ -148,6 +149,7 @@ NEUTRAL = frozenset({
     "loss_weights",  # the named set only fills the lambda_* (and leader_kl_mask) values compared here
     "output_dir", "resume", "force_resume", "verbose", "eval_batch_size", "export", "export_dir",
     "keep_checkpoints", "eval_every", "epochs", "jit_compile", "strategy", "deterministic", "reexport",
+    "export_average",
     "cache_dir", "rebuild_cache",
 })
 
@@ -483,6 +485,11 @@ class RunConfig:
             raise ConfigError("--teacher_run distils a fixed teacher into the common students only; add --noleader")
         if c.leader and not c.fusion and c.self_distillation == "leader":
             raise ConfigError("--self_distillation=leader distils the fused map, which needs --fusion")
+        if s["export_average"] and not s["export"]:
+            raise ConfigError("--export_average chooses what --export publishes; add --export")
+        if s["export_average"] and not c.ema_decay:
+            raise ConfigError("--export_average exports the leader's weight average, which needs --ema_decay > 0 "
+                              "(e.g. 0.995); add it or drop --export_average")
 
     def _validate_choices(self, c, networks) -> None:
         from ffsd_tf.data import DATASETS

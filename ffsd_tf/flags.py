@@ -157,6 +157,9 @@ flags.DEFINE_string("export_dir", default("export_dir"), "Where to export (defau
 flags.DEFINE_bool("reexport", default("reexport"),
                   "With --export: publish a new version even if export_dir already holds one of "
                   "the run's last checkpoint (a rerun of a finished --export command otherwise publishes nothing).")
+flags.DEFINE_bool("export_average", default("export_average"),
+                  "With --export: publish the leader's weight average (needs --ema_decay > 0) instead of its "
+                  "last weights, as ffsd-export --average does.")
 
 
 def output_dir_source(argv) -> str | None:

@@ -296,15 +296,18 @@ def publish_export(config) -> None:
     out = config.runtime.output_dir
     export_dir = config.runtime.export_dir or os.path.join(out, rundir.EXPORT)
     newest = rundir.find_checkpoints(out)[0]
-    done = None if config.runtime.reexport else published_version(export_dir, newest)
+    average = config.runtime.export_average
+    weights = "average" if average else "network"
+    done = None if config.runtime.reexport else published_version(export_dir, newest, weights)
     if done is not None:  # a rerun of a finished --export command: nothing new to publish
         print(f"Export {done} of {os.path.basename(newest)} is up to date (pass --reexport for a new version)")
         return
     try:
-        report = export_run(out, export_dir=export_dir)
+        report = export_run(out, export_dir=export_dir, average=average)
     except ExportError as e:
         raise UsageError(f"training finished, export failed: {e}") from None
-    print(f"Exported the leader to {report['path']}")
+    what = "the leader's weight average" if average else "the leader"
+    print(f"Exported {what} to {report['path']}")
 
 
 def main(argv):

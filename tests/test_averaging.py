@@ -203,3 +203,40 @@ def test_exporting_the_average_of_a_run_without_one_is_one_line(tmp_path):
     lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
     assert "kept no weight averages" in lines[-1] and "without --average" in lines[-1], res.stderr[-800:]
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_cli_export_average_publishes_the_average_when_training_ends(tmp_path):
+    """``--export --export_average`` publishes the leader's weight average (report ``weights:
+    average``, ``leader.keras`` = the average); rerun, it is up to date; plain ``--export`` then
+    publishes the network as a new version (a published version is keyed by its weights)."""
+    out, exports = tmp_path / "run", tmp_path / "exports"
+    ce = [*SYNTHETIC, "--num_students=1", "--noleader", "--nomutual_learning", "--diversity=none",
+          "--self_distillation=none", "--ema_decay=0.9", "--epochs=2", "--milestones=1",
+          f"--output_dir={out}", f"--export_dir={exports}", "--verbose=quiet", "--export"]
+    res = run_cli([*ce, "--export_average"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "weight average" in res.stdout
+    assert json.loads((exports / "1" / "report.json").read_text())["weights"] == "average"
+    model, _, _ = rundir.restore_model(str(out))
+    shipped = keras.models.load_model(exports / "1" / "leader.keras")
+    for a, b in zip(shipped.get_weights(), model.averages["student1"].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    again = run_cli([*ce, "--export_average"])
+    assert again.returncode == 0 and "is up to date" in again.stdout, again.stderr[-2000:]
+    network = run_cli(ce)
+    assert network.returncode == 0, network.stderr[-2000:]
+    assert sorted(p.name for p in exports.iterdir()) == ["1", "2"]
+    assert json.loads((exports / "2" / "report.json").read_text())["weights"] == "network"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--export_average"], "add --export"),
+    (["--export", "--export_average"], "needs --ema_decay > 0"),
+])
+def test_cli_export_average_without_its_preconditions_is_one_line_before_training(tmp_path, flags, message):
+    out = tmp_path / "bad"
+    res = run_cli([*SYNTHETIC, "--epochs=1", "--milestones=", f"--output_dir={out}", *flags])
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("error: --export_average") and message in lines[-1], res.stderr[-800:]
+    assert not out.exists()
