@@ -133,6 +133,7 @@ def test_every_flagfile_trains_what_it_trained_before_the_flag(parsed, at_root, 
     ("ffsd_recipe_n1", RECIPE_LOSS_WEIGHTS, "teacher_correct"),
     ("ffsd_recipe_n3", RECIPE_LOSS_WEIGHTS, "teacher_correct"),
     ("ffsd_recipe_nosd", RECIPE_LOSS_WEIGHTS, "teacher_correct"),
+    ("ffsd_recipe_leader_kl4", {**RECIPE_LOSS_WEIGHTS, "leader_kl": (4.0, "exp_warmup:5")}, "teacher_correct"),
 ])
 def test_the_budget_study_methods_keep_their_sets(parsed, at_root, method, weights, mask):
     setting = "experiments/budget_study/settings/c10_r20_5k_10ep.flags"
