@@ -75,22 +75,31 @@ def summarize(per_batch: list[dict]) -> dict:
     return rows
 
 
+def restore_leader_run(run_dir: str):
+    """(cohort, data bundle, checkpoint path) of an FFSD run with a leader and fusion, or None
+    after one ``error:`` line on stderr (a damaged run, or one without a leader)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ffsd_tf import rundir
+
+    try:
+        model, _, checkpoint = rundir.restore_model(run_dir)
+        if model.leader is None or not model.config.fusion:
+            raise rundir.RunDirError(f"{run_dir} has no leader with fusion; pass an FFSD run directory")
+        return model, rundir.load_run_data(run_dir), checkpoint
+    except rundir.RunDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a training run directory with a leader (FFSD with fusion)")
     parser.add_argument("--batches", type=int, default=8, help="training batches averaged over")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ffsd_tf import rundir
-
-    try:
-        model, _, checkpoint = rundir.restore_model(args.run_dir)
-        if model.leader is None or not model.config.fusion:
-            raise rundir.RunDirError(f"{args.run_dir} has no leader with fusion; pass an FFSD run directory")
-        bundle = rundir.load_run_data(args.run_dir)
-    except rundir.RunDirError as e:
-        print(f"error: {e}", file=sys.stderr)
+    restored = restore_leader_run(args.run_dir)
+    if restored is None:
         return 2
+    model, bundle, checkpoint = restored
     epoch = int(model.epoch.numpy())
     weights = model.set_epoch(max(epoch, 1))
     batches = iter(bundle.train_stream(max(epoch - 1, 0)))

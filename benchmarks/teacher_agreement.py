@@ -22,19 +22,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.leader_gradients import restore_leader_run  # noqa: E402
+
 
 def all_logits(model, images) -> dict:
-    """name -> logits of every classifier of the cohort (and its averages) on ``images``, inference mode."""
+    """name -> float32 logits of every classifier of the cohort and its weight averages, inference mode."""
     import tensorflow as tf
 
-    from ffsd_tf.trainer import student_name
-
-    outs = [s(images, training=False) for s in model.common_students]
-    logits = {student_name(i): o["logits"] for i, o in enumerate(outs)}
-    if model.config.fusion:
-        logits["fusion"] = model.fusion(tf.concat([o["features"][-1] for o in outs], axis=-1), training=False)["logits"]
-    if model.leader is not None:
-        logits["leader"] = model.leader(images, training=False)["logits"]
+    logits = model.eval_logits(images)
     if model.averages:
         logits.update(model._averaged_logits(images))
     return {k: tf.cast(v, tf.float32) for k, v in logits.items()}
@@ -73,17 +68,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a training run directory with a leader and a fusion module")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ffsd_tf import rundir
-
-    try:
-        model, _, checkpoint = rundir.restore_model(args.run_dir)
-        if model.leader is None or not model.config.fusion:
-            raise rundir.RunDirError(f"{args.run_dir} has no leader with fusion; pass an FFSD run directory")
-        bundle = rundir.load_run_data(args.run_dir)
-    except rundir.RunDirError as e:
-        print(f"error: {e}", file=sys.stderr)
+    restored = restore_leader_run(args.run_dir)
+    if restored is None:
         return 2
+    model, bundle, checkpoint = restored
     teacher = "fusion_ema" if model.config.ema_teacher else "fusion"
     temperature = float(model.config.temperature)
     train = bundle.raw("train").batch(bundle.eval_batch_size).map(lambda x, y: (bundle.normalize(x), y))

@@ -651,17 +651,21 @@ class FFSD(KerasPrivateOverrides, keras.Model):
         logs.update({f"weights/{k}": tf.convert_to_tensor(self.loss_weight_vars[k]) for k in self.active_loss_weights})
         return self._step_logs(logs)
 
-    def test_step(self, data):
-        images, labels = data[0], data[1]
-        outs = {}
-        for i, s in enumerate(self.common_students):
-            outs[student_name(i)] = s(images, training=False)
+    def eval_logits(self, images) -> dict[str, tf.Tensor]:
+        """Inference-mode logits of every trained classifier: each common student, the fusion
+        classifier (on the students' F^L) and the leader, by name (weight averages: ``_averaged_logits``)."""
+        outs = {student_name(i): s(images, training=False) for i, s in enumerate(self.common_students)}
         logits = {k: v["logits"] for k, v in outs.items()}
         if self.config.fusion:
             f_e = tf.concat([o["features"][-1] for o in outs.values()], axis=-1)
             logits["fusion"] = self.fusion(f_e, training=False)["logits"]
         if self.leader is not None:
             logits["leader"] = self.leader(images, training=False)["logits"]
+        return logits
+
+    def test_step(self, data):
+        images, labels = data[0], data[1]
+        logits = self.eval_logits(images)
         terms = {f"{k}/loss": losses.cross_entropy(v, labels) for k, v in logits.items()}
         terms["loss"] = tf.add_n(list(terms.values()))  # the trained models' CE sum
         if self.teacher is not None:
