@@ -15,6 +15,10 @@ import sys
 import pytest
 
 torch = pytest.importorskip("torch", reason="CPU torch is not installed (pip install -r requirements-parity.txt)")
+# One torch thread: the reference's float64 ops on batches of 8-32 gain nothing from more, and its
+# OpenMP workers spin against TensorFlow's threads in the same process (on 2 busy cores a step took
+# 2-3x longer with torch's default of one thread per core). Numerics are unchanged within round-off.
+torch.set_num_threads(1)
 
 from tests.conftest import ROOT  # noqa: E402
 
