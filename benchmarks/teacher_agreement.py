@@ -31,7 +31,7 @@ def all_logits(model, images) -> dict:
 
     logits = model.eval_logits(images)
     if model.averages:
-        logits.update(model._averaged_logits(images))
+        logits.update(model.averaged_logits(images))
     return {k: tf.cast(v, tf.float32) for k, v in logits.items()}
 
 

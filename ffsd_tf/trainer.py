@@ -653,7 +653,7 @@ class FFSD(KerasPrivateOverrides, keras.Model):
 
     def eval_logits(self, images) -> dict[str, tf.Tensor]:
         """Inference-mode logits of every trained classifier: each common student, the fusion
-        classifier (on the students' F^L) and the leader, by name (weight averages: ``_averaged_logits``)."""
+        classifier (on the students' F^L) and the leader, by name (weight averages: ``averaged_logits``)."""
         outs = {student_name(i): s(images, training=False) for i, s in enumerate(self.common_students)}
         logits = {k: v["logits"] for k, v in outs.items()}
         if self.config.fusion:
@@ -672,12 +672,12 @@ class FFSD(KerasPrivateOverrides, keras.Model):
             logits["teacher"] = self.teacher(images, training=False)["logits"]
             terms["teacher/loss"] = losses.cross_entropy(logits["teacher"], labels)
         if self.averages:  # outside "loss" (the trained models' CE sum)
-            averaged = self._averaged_logits(images)
+            averaged = self.averaged_logits(images)
             terms.update({f"{k}/loss": losses.cross_entropy(v, labels) for k, v in averaged.items()})
             logits.update(averaged)
         return self._step_logs(self._update_trackers(self._eval_trackers, terms, logits, labels))
 
-    def _averaged_logits(self, images, leader: bool = True) -> dict[str, tf.Tensor]:
+    def averaged_logits(self, images, leader: bool = True) -> dict[str, tf.Tensor]:
         """Every weight average's logits in inference mode: ``<name>_ema`` -> logits (the averaged
         fusion classifier on the averaged students' F^L; ``leader=False``: without the leader's)."""
         out, feats = {}, []
@@ -694,7 +694,7 @@ class FFSD(KerasPrivateOverrides, keras.Model):
     def _averaged_teacher_logits(self, images) -> tf.Tensor:
         """``ema_teacher``: the leader's Eq. 14 teacher, the averaged fusion classifier's logits
         (without fusion, the averaged students' mean logits); no gradient."""
-        z = self._averaged_logits(images, leader=False)
+        z = self.averaged_logits(images, leader=False)
         if self.config.fusion:
             return tf.stop_gradient(loss_float(z["fusion_ema"]))
         n = self.config.num_students
